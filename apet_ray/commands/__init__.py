@@ -1,0 +1,1 @@
+"""One module per ``apet-ray`` subcommand; each exposes ``register(subparsers)``."""
