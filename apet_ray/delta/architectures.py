@@ -1,0 +1,153 @@
+"""Where things are in each model family: one table per family, nothing else knows names.
+
+A *role* names a kind of position inside a transformer block ("query", "ffn_out", ...).
+Specs speak in roles; this module turns a role into the concrete modules of a model.
+Adding a family means adding one ``Family`` entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from apet_ray.errors import UserError
+
+# role -> path of the module inside one block; a callable when it depends on the block
+RolePaths = dict[str, Callable[[nn.Module, str], list[str]]]
+
+
+def _at(*paths: str) -> Callable[[nn.Module, str], list[str]]:
+    def find(block: nn.Module, stack: str) -> list[str]:
+        return [p for p in paths if _has(block, p)]
+
+    return find
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def _t5_ffn(*names: str) -> Callable[[nn.Module, str], list[str]]:
+    # T5's feed-forward sub-layer is the last one: layer.1 in the encoder, layer.2 in the
+    # decoder (after cross-attention). Gated variants (t5-v1_1) have wi_0/wi_1, not wi.
+    def find(block: nn.Module, stack: str) -> list[str]:
+        last = len(block.layer) - 1
+        return [f"layer.{last}.DenseReluDense.{n}" for n in names if _has(block, f"layer.{last}.DenseReluDense.{n}")]
+
+    return find
+
+
+def _decoder_only(*paths: str) -> Callable[[nn.Module, str], list[str]]:
+    def find(block: nn.Module, stack: str) -> list[str]:
+        return [p for p in paths if stack == "decoder" and _has(block, p)]
+
+    return find
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    stacks: tuple[str, ...]  # paths of the ModuleLists of blocks
+    roles: RolePaths
+    input_embeddings: str  # the token embedding a prompt is prepended to
+    norms_outside_blocks: tuple[str, ...] = ()
+    # roles that are linear layers of a block (used by "linear" and by BitFit)
+    linear_roles: tuple[str, ...] = field(default=())
+
+
+BERT = Family(
+    name="bert",
+    model_types=("bert", "roberta", "xlm-roberta", "electra"),
+    stacks=("encoder.layer",),
+    roles={
+        "query": _at("attention.self.query"),
+        "key": _at("attention.self.key"),
+        "value": _at("attention.self.value"),
+        "attn_out": _at("attention.output.dense"),
+        "ffn_in": _at("intermediate.dense"),
+        "ffn_out": _at("output.dense"),
+        "norm": _at("attention.output.LayerNorm", "output.LayerNorm"),
+    },
+    input_embeddings="embeddings.word_embeddings",
+    norms_outside_blocks=("embeddings.LayerNorm",),
+    linear_roles=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
+)
+
+T5 = Family(
+    name="t5",
+    model_types=("t5", "mt5", "umt5"),
+    stacks=("encoder.block", "decoder.block"),
+    roles={
+        "query": _at("layer.0.SelfAttention.q"),
+        "key": _at("layer.0.SelfAttention.k"),
+        "value": _at("layer.0.SelfAttention.v"),
+        "attn_out": _at("layer.0.SelfAttention.o"),
+        "cross_query": _decoder_only("layer.1.EncDecAttention.q"),
+        "cross_key": _decoder_only("layer.1.EncDecAttention.k"),
+        "cross_value": _decoder_only("layer.1.EncDecAttention.v"),
+        "cross_out": _decoder_only("layer.1.EncDecAttention.o"),
+        "ffn_in": _t5_ffn("wi", "wi_0", "wi_1"),
+        "ffn_out": _t5_ffn("wo"),
+        "norm": lambda block, stack: [f"layer.{i}.layer_norm" for i in range(len(block.layer))],
+    },
+    input_embeddings="encoder.embed_tokens",  # encoder input only, as in the paper
+    norms_outside_blocks=("encoder.final_layer_norm", "decoder.final_layer_norm"),
+    linear_roles=(
+        "query", "key", "value", "attn_out",
+        "cross_query", "cross_key", "cross_value", "cross_out",
+        "ffn_in", "ffn_out",
+    ),
+)
+
+FAMILIES = (BERT, T5)
+
+# Roles that are not a module inside blocks but a group the engine expands itself.
+GROUP_ROLES = {
+    "linear": "every linear layer of every block (attention, cross-attention, feed-forward)",
+    "biases": "every bias term: linear layers and norms (added, zero-initialised, where missing)",
+    "embeddings": "the input token embeddings (a prompt is prepended here)",
+    "all": "every parameter of the backbone (full fine-tuning)",
+}
+
+
+def family_of(backbone: nn.Module) -> Family:
+    model_type = getattr(getattr(backbone, "config", None), "model_type", None)
+    for fam in FAMILIES:
+        if model_type in fam.model_types:
+            return fam
+    known = ", ".join(t for f in FAMILIES for t in f.model_types)
+    raise UserError(f"model type {model_type!r} is not supported (supported: {known})")
+
+
+def known_roles(fam: Family) -> list[str]:
+    return sorted(set(fam.roles) | set(GROUP_ROLES))
+
+
+def blocks(backbone: nn.Module, fam: Family) -> list[tuple[str, str, nn.Module]]:
+    """(stack name, block path, block) for every transformer block, in order."""
+    out = []
+    for stack_path in fam.stacks:
+        stack = backbone.get_submodule(stack_path)
+        stack_name = stack_path.split(".")[0]
+        for i, block in enumerate(stack):
+            out.append((stack_name, f"{stack_path}.{i}", block))
+    return out
+
+
+def modules_for_role(backbone: nn.Module, fam: Family, role: str) -> list[str]:
+    """Full paths (relative to the backbone) of the modules that play ``role``."""
+    if role == "linear":
+        return [p for r in fam.linear_roles for p in modules_for_role(backbone, fam, r)]
+    if role not in fam.roles:
+        raise UserError(f"unknown position {role!r} for {fam.name} models (known: {', '.join(known_roles(fam))})")
+    paths = []
+    for stack, block_path, block in blocks(backbone, fam):
+        paths += [f"{block_path}.{p}" for p in fam.roles[role](block, stack)]
+    return paths

@@ -1,0 +1,150 @@
+"""Materialise a plan on a model, and the loralib-style surface around it.
+
+    plan = attach(model, spec)          # freeze the backbone, insert masked deltas
+    count_deltas(model)                 # realised count, from the masks
+    trainable_state_dict(model)         # what a checkpoint holds
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+from torch import nn
+
+from apet_ray.delta.layers import AddedParam, DeltaLinear
+from apet_ray.delta.masked import MaskedTensor
+from apet_ray.delta.masks import MASKS
+from apet_ray.delta.ops import LowRank, Plugin, PromptTokens
+from apet_ray.delta.plan import Placement, Plan, Slot, backbone_of, make_plan
+from apet_ray.delta.spec import DeltaSpec
+from apet_ray.errors import UserError
+
+
+def attach(model: nn.Module, spec: DeltaSpec) -> Plan:
+    """Freeze the backbone of ``model`` and insert the deltas of ``spec`` (in place).
+
+    Masks and initial values depend only on ``spec.seed`` and each tensor's position, so
+    the same spec on the same architecture gives the same deltas, whatever the order.
+    """
+    if getattr(model, "apet_spec", None) is not None:
+        raise UserError("this model already has deltas attached; build a fresh model for a new spec")
+    plan = make_plan(model, spec)
+    backbone, _ = backbone_of(model)
+    backbone.requires_grad_(False)
+    for placement in plan.placements:
+        _install(model, placement, spec)
+    model.apet_spec = spec
+    model.apet_plan = plan
+    return plan
+
+
+def _generator(spec: DeltaSpec, path: str, slot: str) -> torch.Generator:
+    key = zlib.crc32(f"{path}/{slot}".encode())
+    return torch.Generator().manual_seed(spec.seed * 1_000_003 + key)
+
+
+def _masked(model: nn.Module, spec: DeltaSpec, placement: Placement, slot: Slot, like: torch.Tensor) -> MaskedTensor | None:
+    if slot.k == 0:  # a tensor that got no share of a small budget stays absent (zero)
+        return None
+    if like.is_meta:
+        indices = torch.empty(slot.k, dtype=torch.long, device="meta")
+        return MaskedTensor(slot.shape, indices, torch.empty(slot.shape, dtype=like.dtype, device="meta"))
+    gen = _generator(spec, placement.path, slot.name)
+    distribution = "full" if slot.k == slot.numel else spec.distribution
+    indices = MASKS[distribution](slot.shape, slot.k, gen)
+    init = _initial(model, slot, gen, like.dtype)
+    return MaskedTensor(slot.shape, indices.to(like.device), init.to(like.device))
+
+
+def _initial(model: nn.Module, slot: Slot, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """The dense W before masking (only its masked entries are kept)."""
+    if slot.init == "zeros":  # deltas start at zero: attaching leaves outputs unchanged
+        return torch.zeros(slot.shape, dtype=dtype)
+    if slot.init == "kaiming":  # as peft's lora_A: uniform(+-1/sqrt(fan_in))
+        w = torch.empty(slot.shape, dtype=torch.float32)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
+        return w.to(dtype)
+    if slot.init == "vocab":  # Lester et al.: prompt tokens start as embeddings of real tokens
+        table = backbone_of(model)[0].get_input_embeddings().weight
+        ids = torch.randint(table.shape[0], (slot.shape[0],), generator=gen)
+        return table.detach()[ids.to(table.device)].to("cpu", dtype)
+    raise AssertionError(slot.init)
+
+
+def _install(model: nn.Module, placement: Placement, spec: DeltaSpec) -> None:
+    if placement.kind == "inplace":  # full masks on the model's own weights: train them in place
+        model.get_submodule(placement.path).requires_grad_(True)
+        return
+    if placement.kind == "prompt":
+        if not hasattr(model, "prompt"):
+            raise UserError("prompt tuning needs an apet_ray model (apet_ray.models.load_model), not a bare transformers model")
+        like = backbone_of(model)[0].get_input_embeddings().weight
+        model.prompt = PromptTokens(_masked(model, spec, placement, placement.slots[0], like))
+        return
+    host = model.get_submodule(placement.path)
+    if placement.kind == "param":
+        wrapper = host if isinstance(host, AddedParam) else AddedParam(host)
+        delta = _masked(model, spec, placement, placement.slots[0], getattr(wrapper.base, placement.param))
+        if delta is not None:
+            wrapper.deltas[placement.param] = delta
+        _replace(model, placement.path, wrapper)
+        return
+    layer = host if isinstance(host, DeltaLinear) else DeltaLinear(host)
+    like = layer.base.weight
+    made = {s.name: _masked(model, spec, placement, s, like) for s in placement.slots}
+    if placement.kind == "weight":
+        layer.weight_delta = made["weight_delta"]
+    elif placement.kind == "bias":
+        layer.bias_delta = made["bias_delta"]
+    elif placement.kind == "lowrank":
+        layer.lowrank = LowRank(made["A"], made["B"], scale=spec.alpha / placement.size)
+    elif placement.kind == "plugin":
+        layer.plugin = Plugin(made["down"], made["down_bias"], made["up"], made["up_bias"], placement.size, spec.activation)
+    _replace(model, placement.path, layer)
+
+
+def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    if getattr(parent, name) is not new:
+        setattr(parent, name, new)
+
+
+# ---- the public surface: count, mark, state --------------------------------------------
+
+def _unique_params(module: nn.Module):
+    seen: set[int] = set()
+    for name, p in module.named_parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            yield name, p
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Every parameter that trains: deltas, in-place weights and a classifier head."""
+    return sum(p.numel() for _, p in _unique_params(model) if p.requires_grad)
+
+
+def count_deltas(model: nn.Module) -> int:
+    """Trainable parameters of the deltas only (a wrapper's ``head`` excluded): the mask count."""
+    head = getattr(model, "head", None)
+    in_head = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    return sum(p.numel() for _, p in _unique_params(model) if p.requires_grad and id(p) not in in_head)
+
+
+def count_backbone(model: nn.Module) -> int:
+    """Parameters of the pre-trained backbone, tied weights counted once, deltas excluded."""
+    backbone, _ = backbone_of(model)
+    delta_ids = {id(m.values) for m in model.modules() if isinstance(m, MaskedTensor)}
+    return sum(p.numel() for _, p in _unique_params(backbone) if id(p) not in delta_ids)
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters plus the mask indices: all a checkpoint of the deltas needs."""
+    state = {name: p for name, p in _unique_params(model) if p.requires_grad}
+    for name, m in model.named_modules():
+        if isinstance(m, MaskedTensor):
+            state[f"{name}.indices"] = m.indices
+    return state

@@ -1,0 +1,232 @@
+"""Planning: turn a spec into placements with exact per-tensor counts, from shapes alone.
+
+A plan never touches weight values, so it runs on a meta-device model built from a
+config (seconds, even for 11B parameters). ``attach`` then materialises it.
+
+Budget rules
+- The budget (or the matched method's count) is split over every tensor of every
+  placement in proportion to the tensor's size, by largest remainder: the sum is exact.
+- Add uses existing parameters, so its capacity is fixed; a larger budget is refused.
+- Concatenate and Plugin create new weights whose size (prompt length, rank, bottleneck)
+  is free: APET picks the smallest size whose new weights hold the budget at about the
+  spec's ``density`` (at small budgets the smallest size, so a lower density).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from apet_ray.delta.architectures import Family, family_of, modules_for_role
+from apet_ray.delta.spec import DeltaSpec, check_budget
+from apet_ray.errors import UserError
+
+MAX_PROMPT_TOKENS = 1024  # where the model has no position limit (T5's relative positions)
+
+
+@dataclass
+class Slot:
+    """One masked tensor to create: its dense shape, how to initialise W, and k."""
+
+    name: str
+    shape: tuple[int, ...]
+    init: str  # zeros | kaiming | vocab | inplace
+    k: int = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class Placement:
+    """Where one op goes. ``kind``: weight | bias | param | lowrank | plugin | prompt | inplace."""
+
+    kind: str
+    path: str  # module path from the root model ("" for the root)
+    slots: list[Slot]
+    size: int | None = None  # rank / bottleneck / prompt length
+    param: str | None = None  # for kind == "param": which parameter of the module
+
+
+@dataclass
+class Plan:
+    spec: DeltaSpec
+    family: Family
+    placements: list[Placement] = field(default_factory=list)
+    requested: int | None = None  # the budget asked for (explicitly or by match)
+
+    @property
+    def count(self) -> int:
+        return sum(s.k for p in self.placements for s in p.slots)
+
+    @property
+    def capacity(self) -> int:
+        return sum(s.numel for p in self.placements for s in p.slots)
+
+    @property
+    def size(self) -> int | None:
+        sizes = {p.size for p in self.placements if p.size is not None}
+        return sizes.pop() if len(sizes) == 1 else None
+
+
+def backbone_of(model: nn.Module) -> tuple[nn.Module, str]:
+    """The Hugging Face model inside an apet_ray wrapper (attribute ``backbone``), or the model."""
+    inner = getattr(model, "backbone", None)
+    if isinstance(inner, nn.Module):
+        return inner, "backbone."
+    return model, ""
+
+
+def make_plan(model: nn.Module, spec: DeltaSpec) -> Plan:
+    backbone, prefix = backbone_of(model)
+    fam = family_of(backbone)
+    requested = spec.budget
+    if spec.match is not None:
+        requested = make_plan(model, DeltaSpec.pet(spec.match)).count
+    plan = Plan(spec=spec, family=fam, requested=requested)
+    hosts = _hosts(backbone, fam, spec)
+
+    size = None
+    if spec.op in ("concat", "plugin"):
+        size = spec.size if spec.distribution == "full" or spec.size is not None else _pick_size(backbone, hosts, spec, requested)
+    for kind, path, param in hosts:
+        module = backbone.get_submodule(path) if path else backbone
+        plan.placements.append(_placement(kind, prefix + path if path else prefix.rstrip("."), module, param, size, backbone))
+
+    if spec.distribution == "full":
+        for p in plan.placements:
+            for s in p.slots:
+                s.k = s.numel
+    else:
+        _allocate(plan, requested)
+    return plan
+
+
+# ---- hosts: which modules an op touches -------------------------------------------
+
+def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[tuple[str, str, str | None]]:
+    """(kind, module path in the backbone, parameter name) for every position of the spec."""
+    hosts: list[tuple[str, str, str | None]] = []
+    for role in spec.positions:
+        if role == "all":
+            if spec.op != "add" or spec.distribution != "full":
+                raise UserError("position 'all' is full fine-tuning only; use 'linear' for a masked Add over the weights")
+            hosts.append(("inplace", "", None))
+        elif role == "embeddings":
+            if spec.op == "concat":
+                hosts.append(("prompt", "", None))
+            elif spec.op == "add":
+                hosts.append(("param", fam.input_embeddings, "weight"))
+            else:
+                raise UserError("a plugin cannot sit on the input embeddings (use concat for a prompt)")
+        elif role == "biases":
+            if spec.op != "add":
+                raise UserError("position 'biases' takes the add op")
+            for path in modules_for_role(backbone, fam, "linear"):
+                hosts.append(("bias", path, None))
+            norms = modules_for_role(backbone, fam, "norm") + list(fam.norms_outside_blocks)
+            for path in norms:  # T5's RMS norms have no bias and get none, as in the paper's code
+                if getattr(backbone.get_submodule(path), "bias", None) is not None:
+                    hosts.append(("param", path, "bias"))
+        else:
+            paths = modules_for_role(backbone, fam, role)
+            is_linear = role != "norm"
+            if spec.op == "add":
+                hosts += [("weight" if is_linear else "param", p, None if is_linear else "weight") for p in paths]
+            elif not is_linear:
+                raise UserError(f"op {spec.op} needs linear positions, not {role!r}")
+            else:
+                hosts += [("lowrank" if spec.op == "concat" else "plugin", p, None) for p in paths]
+    if not hosts:
+        raise UserError(f"positions {', '.join(spec.positions)} match nothing in this model")
+    if len({kind for kind, _, _ in hosts} & {"prompt", "lowrank"}) == 2:
+        raise UserError("a prompt and low-rank pairs have different sizes: give them separate specs")
+    return hosts
+
+
+def _placement(kind: str, path: str, module: nn.Module, param: str | None, size: int | None, backbone: nn.Module) -> Placement:
+    if kind == "inplace":
+        seen: set[int] = set()
+        slots = []
+        for name, p in module.named_parameters():
+            if id(p) not in seen:  # tied weights are one parameter and count once
+                seen.add(id(p))
+                slots.append(Slot(name, tuple(p.shape), "inplace"))
+        return Placement(kind, path, slots)
+    if kind == "prompt":
+        d = backbone.get_input_embeddings().weight.shape[1]
+        return Placement(kind, path, [Slot("tokens", (size, d), "vocab")], size=size)
+    if kind == "param":
+        return Placement(kind, path, [Slot(param, tuple(getattr(module, param).shape), "zeros")], param=param)
+    out_f, in_f = module.weight.shape
+    if kind == "weight":
+        return Placement(kind, path, [Slot("weight_delta", (out_f, in_f), "zeros")])
+    if kind == "bias":
+        return Placement(kind, path, [Slot("bias_delta", (out_f,), "zeros")])
+    if kind == "lowrank":
+        return Placement(kind, path, [Slot("A", (size, in_f), "kaiming"), Slot("B", (out_f, size), "zeros")], size=size)
+    if kind == "plugin":
+        d = out_f
+        slots = [Slot("down", (size, d), "kaiming"), Slot("down_bias", (size,), "zeros"),
+                 Slot("up", (d, size), "zeros"), Slot("up_bias", (d,), "zeros")]
+        return Placement(kind, path, slots, size=size)
+    raise AssertionError(kind)
+
+
+# ---- sizes and budgets ---------------------------------------------------------------
+
+def _pick_size(backbone: nn.Module, hosts: list[tuple[str, str, str | None]], spec: DeltaSpec, k: int) -> int:
+    """Smallest size whose new weights hold ceil(k / density) entries."""
+    def capacity(size: int) -> int:
+        return sum(
+            s.numel for kind, path, param in hosts
+            for s in _placement(kind, path, backbone.get_submodule(path) if path else backbone, param, size, backbone).slots
+        )
+
+    limit = _max_size(backbone, hosts)
+    target = math.ceil(k / spec.density)
+    if capacity(limit) < k:
+        raise UserError(
+            f"budget {k:,} is larger than {spec.op} at {', '.join(spec.positions)} can hold on this model "
+            f"({capacity(limit):,} at the largest size {limit})"
+        )
+    lo, hi = 1, limit  # capacity grows with size: bisect for the smallest that fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if capacity(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _max_size(backbone: nn.Module, hosts: list[tuple[str, str, str | None]]) -> int:
+    kind = hosts[0][0]
+    if kind == "prompt":
+        limit = getattr(backbone.config, "max_position_embeddings", None)
+        return limit // 2 if limit else MAX_PROMPT_TOKENS  # leave half the positions to the input
+    shapes = [backbone.get_submodule(path).weight.shape for _, path, _ in hosts]
+    if kind == "lowrank":
+        return min(min(s) for s in shapes)  # a rank above min(in, out) adds nothing
+    return min(s[0] for s in shapes)  # plugin: bottleneck no wider than the layer
+
+
+def _allocate(plan: Plan, k: int) -> None:
+    k = check_budget(k)
+    slots = [s for p in plan.placements for s in p.slots]
+    capacity = sum(s.numel for s in slots)
+    if k > capacity:
+        raise UserError(
+            f"budget {k:,} is larger than the capacity of {plan.spec.op} at "
+            f"{', '.join(plan.spec.positions)} on this model ({capacity:,})"
+        )
+    # largest remainder: floor shares, then one more to the largest fractional parts
+    shares = [k * s.numel // capacity for s in slots]
+    rests = sorted(range(len(slots)), key=lambda i: (-(k * slots[i].numel % capacity), i))
+    for i in rests[: k - sum(shares)]:
+        shares[i] += 1
+    for s, share in zip(slots, shares):
+        s.k = share

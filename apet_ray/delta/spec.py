@@ -1,0 +1,163 @@
+"""A delta spec says which weights train, through which op, with which mask, how many.
+
+Every method of the paper is one spec: the four PET methods and full fine-tuning are APET
+with all-ones ("full") masks on particular positions (``DeltaSpec.pet``); APET proper picks
+an op, a mask distribution and an exact budget (``DeltaSpec.apet``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import numbers
+from dataclasses import dataclass
+
+from apet_ray.errors import UserError
+
+OPS = ("add", "concat", "plugin")
+DISTRIBUTIONS = ("full", "adjacent", "discrete")
+PET_METHODS = ("prompt", "bitfit", "lora", "adapter", "ft")
+METHODS = PET_METHODS + ("apet",)
+
+
+@dataclass(frozen=True)
+class DeltaSpec:
+    """What to train. Sizes are free for concat/plugin (``size`` = prompt length, rank or
+    bottleneck); ``None`` lets the engine pick the smallest size whose new weights hold
+    ``budget`` at about ``density``."""
+
+    method: str
+    op: str
+    positions: tuple[str, ...]
+    distribution: str = "full"
+    budget: int | None = None  # exact trainable count; None = the full structure's count
+    match: str | None = None  # take the budget from this PET method on the same model
+    size: int | None = None
+    density: float = 0.5  # target fraction of a new weight's entries that train (APET concat/plugin)
+    alpha: float = 16.0  # low-rank scale numerator (scale = alpha / rank)
+    activation: str = "relu"  # plugin non-linearity
+    seed: int = 0
+
+    # ---- constructors -------------------------------------------------------------
+    @staticmethod
+    def pet(method: str, seed: int = 0) -> "DeltaSpec":
+        """A PET method with the paper's settings (SPEC §2)."""
+        presets = {
+            "prompt": dict(op="concat", positions=("embeddings",), size=100),
+            "bitfit": dict(op="add", positions=("biases",)),
+            "lora": dict(op="concat", positions=("query", "value"), size=8, alpha=16.0),
+            "adapter": dict(op="plugin", positions=("attn_out", "ffn_out"), size=24),
+            "ft": dict(op="add", positions=("all",)),
+        }
+        if method not in presets:
+            raise UserError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+        return DeltaSpec(method=method, seed=seed, **presets[method]).validated()
+
+    @staticmethod
+    def apet(
+        op: str = "add",
+        distribution: str = "discrete",
+        budget: int | None = None,
+        match: str | None = None,
+        positions: tuple[str, ...] | None = None,
+        size: int | None = None,
+        density: float = 0.5,
+        seed: int = 0,
+    ) -> "DeltaSpec":
+        """APET: ``op`` with an ``distribution`` mask holding exactly ``budget`` values, or as
+        many as PET method ``match`` trains on the same model.
+
+        Default positions: the matched method's when it uses the same op (so APET differs
+        from it only in its masks), otherwise the op's own default.
+        """
+        if op not in OPS:
+            raise UserError(f"unknown op {op!r} (known: {', '.join(OPS)})")
+        if positions is None:
+            matched = DeltaSpec.pet(match) if match is not None and match in PET_METHODS else None
+            if matched is not None and matched.op == op and match != "ft":
+                positions = matched.positions
+            else:
+                positions = {"add": ("linear",), "concat": ("query", "value"), "plugin": ("attn_out", "ffn_out")}[op]
+        extra = {"alpha": 16.0} if op == "concat" else {}
+        return DeltaSpec(
+            method="apet", op=op, positions=tuple(positions), distribution=distribution, budget=budget,
+            match=match, size=size, density=density, seed=seed, **extra,
+        ).validated()
+
+    @staticmethod
+    def build(
+        method: str,
+        op: str | None = None,
+        distribution: str | None = None,
+        budget: int | None = None,
+        match: str | None = None,
+        positions: tuple[str, ...] | None = None,
+        size: int | None = None,
+        density: float = 0.5,
+        seed: int = 0,
+    ) -> "DeltaSpec":
+        """One entry point for command lines and study configs."""
+        if method == "apet":
+            return DeltaSpec.apet(op or "add", distribution or "discrete", budget, match, positions, size, density, seed)
+        given = {"--op": op, "--distribution": distribution, "--budget": budget, "--match": match,
+                 "--positions": positions, "--size": size}
+        extra = [flag for flag, value in given.items() if value is not None]
+        if extra:
+            raise UserError(f"{' '.join(extra)} only apply to --method apet ({method} uses the paper's settings)")
+        return DeltaSpec.pet(method, seed=seed)
+
+    # ---- checks -----------------------------------------------------------------
+    def validated(self) -> "DeltaSpec":
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r} (known: {', '.join(METHODS)})")
+        if self.op not in OPS:
+            raise UserError(f"unknown op {self.op!r} (known: {', '.join(OPS)})")
+        if self.distribution not in DISTRIBUTIONS:
+            raise UserError(f"unknown distribution {self.distribution!r} (known: adjacent, discrete)")
+        if not self.positions:
+            raise UserError("a delta spec needs at least one position")
+        if self.budget is not None and self.match is not None:
+            raise UserError("give either a budget or a method to match, not both")
+        if self.budget is not None:
+            check_budget(self.budget)
+        if self.match is not None and self.match not in PET_METHODS:
+            raise UserError(f"cannot match unknown method {self.match!r} (known: {', '.join(PET_METHODS)})")
+        if self.method == "apet" and self.budget is None and self.match is None:
+            raise UserError("APET needs --budget N or --match METHOD")
+        if self.method == "apet" and self.distribution == "full":
+            raise UserError("APET takes an adjacent or discrete mask; a full mask is a PET method")
+        if self.size is not None and (not _is_int(self.size) or self.size < 1):
+            raise UserError(f"size must be a positive integer, not {self.size!r}")
+        if not 0.0 < self.density <= 1.0:
+            raise UserError(f"density must be in (0, 1], not {self.density}")
+        return self
+
+    # ---- serialisation (stored in checkpoints and results) --------------------------
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> "DeltaSpec":
+        data = json.loads(text)
+        data["positions"] = tuple(data["positions"])
+        return DeltaSpec(**data).validated()
+
+    @property
+    def label(self) -> str:
+        """Human-readable name, e.g. ``APET-Discrete (add, =LoRA)``."""
+        if self.method != "apet":
+            return {"prompt": "Prompt", "bitfit": "BitFit", "lora": "LoRA", "adapter": "Adapter", "ft": "FT"}[self.method]
+        target = f"={self.match}" if self.match else f"{self.budget:,}"
+        return f"APET-{self.distribution.capitalize()} ({self.op}, {target})"
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_budget(budget: object) -> int:
+    if not _is_int(budget):
+        raise UserError(f"budget must be a whole number of parameters, not {budget!r}")
+    if budget <= 0:
+        raise UserError(f"budget must be positive, not {budget}")
+    return int(budget)

