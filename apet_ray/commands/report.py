@@ -1,0 +1,42 @@
+"""``apet-ray report RESULTS_DIR [--out DIR]``: the paper's table, figures and findings."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="build the table, figures and findings from a results folder",
+        description="Build the Table-2-style table, the figures (3, 5, 6, 7, 9) and a verdict on "
+        "each of the paper's findings from the Parquet files of RESULTS_DIR.",
+    )
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="folder with trials/, curves/, transfer/")
+    parser.add_argument("--out", metavar="DIR", default=None, help="output folder (default: RESULTS_DIR/report)")
+    parser.add_argument(
+        "--score", choices=("final", "best"), default="final",
+        help="which score of each trial to report (default: final)",
+    )  # fmt: skip
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # imported here so that `apet-ray --help` doesn't pay for pandas and matplotlib
+    from apet_ray.report import make_report
+
+    out = Path(args.out) if args.out else Path(args.results_dir) / "report"
+    summary = make_report(args.results_dir, out, score=args.score)
+    print(f"report: {summary.index}  ({summary.n_trials} trials)")
+    print(f"tables: {', '.join(str(p) for p in summary.tables)}")
+    for name, paths in summary.figures.items():
+        print(f"figure {name}: {', '.join(str(p) for p in paths)}")
+    for name, why in summary.skipped.items():
+        print(f"figure {name}: not drawn ({why})")
+    for problem in summary.problems:
+        print(f"problem: {problem}")
+    for finding in summary.findings:
+        print(f"finding {finding.number}: {finding.verdict} — {finding.claim}")
+    print(f"findings: {out / 'findings.md'}")
+    return 0

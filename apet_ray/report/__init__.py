@@ -1,0 +1,137 @@
+"""The report: the paper's table, figures and findings, from a results folder alone.
+
+    summary = make_report("results/", "report/")
+
+writes ``report.md`` (the index), ``table.{md,csv,tex}``, ``thresholds.csv``, the figures
+that the data supports (PNG and SVG) and ``findings.md``. Files that can't be read are
+listed by name in the index; everything else is still reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apet_ray.errors import UserError
+from apet_ray.report.data import SCORE_COLUMNS, prepare
+from apet_ray.report.figures import FIGURES, Skip
+from apet_ray.report.findings import Finding, judge
+from apet_ray.report.findings import to_markdown as findings_markdown
+from apet_ray.report.tables import write_tables
+from apet_ray.report.thresholds import threshold_table
+from apet_ray.results import count_files, read_results
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ReportSummary", "make_report"]
+
+
+@dataclass
+class ReportSummary:
+    """What ``make_report`` wrote and concluded."""
+
+    out_dir: Path
+    index: Path
+    tables: list[Path]
+    figures: dict[str, list[Path]]
+    skipped: dict[str, str]  # figure name -> why it was not drawn
+    findings: list[Finding]
+    problems: list[str]  # unreadable or missing result files, by name
+    notes: list[str] = field(default_factory=list)
+    n_trials: int = 0
+
+
+def make_report(
+    results_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    score: str = "final",
+    figures: Iterable[str] | None = None,
+) -> ReportSummary:
+    """Build the report of ``results_dir`` into ``out_dir``.
+
+    ``score`` picks each trial's "final" or "best" score; ``figures`` limits which figures
+    are drawn (names as in ``FIGURES``; default all).
+    """
+    if score not in SCORE_COLUMNS:
+        raise UserError(f"score must be one of {', '.join(SCORE_COLUMNS)}, not {score!r}")
+    wanted = list(FIGURES) if figures is None else list(figures)
+    unknown = sorted(set(wanted) - set(FIGURES))
+    if unknown:
+        raise UserError(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(FIGURES)}")
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise UserError(f"results folder {str(root)!r} does not exist")
+    if count_files(root) == 0:
+        raise UserError(f"no results in {str(root)!r} (expected trials/*.parquet, curves/*.parquet)")
+    results, problems = read_results(root)
+    for problem in problems:
+        log.info("results problem: %s", problem)  # the CLI and report.md list them
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = prepare(results, score)
+    _, table_paths = write_tables(data, out)
+    thresholds = out / "thresholds.csv"
+    threshold_table(data.trials).to_csv(thresholds, index=False)
+    table_paths.append(thresholds)
+
+    drawn: dict[str, list[Path]] = {}
+    skipped: dict[str, str] = {}
+    for name in wanted:
+        try:
+            drawn[name] = FIGURES[name](data, out)
+        except Skip as why:
+            skipped[name] = str(why)
+            log.info("skipped %s: %s", name, why)
+        except Exception as exc:  # a figure bug must not cost the table, findings and problem list
+            skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+            log.exception("figure %s failed", name)
+
+    findings = judge(data)
+    findings_path = out / "findings.md"
+    findings_path.write_text(findings_markdown(findings), encoding="utf-8")
+
+    summary = ReportSummary(
+        out_dir=out,
+        index=out / "report.md",
+        tables=table_paths,
+        figures=drawn,
+        skipped=skipped,
+        findings=findings,
+        problems=problems,
+        notes=data.notes,
+        n_trials=len(results.trials),
+    )
+    summary.index.write_text(_index(summary, root, data.score_column, results.files), encoding="utf-8")
+    return summary
+
+
+def _index(summary: ReportSummary, root: Path, score_column: str, files: dict[str, int]) -> str:
+    lines = [
+        "# apet-ray report",
+        "",
+        f"Results: `{root}` — {summary.n_trials} trial(s); files read: "
+        + ", ".join(f"{table} {n}" for table, n in files.items())
+        + f". Scores are `{score_column}`, in %.",
+        "",
+        "## Problems",
+        "",
+    ]
+    lines += [f"- {p}" for p in summary.problems] or ["None: every result file was read."]
+    if summary.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in summary.notes]
+    lines += ["", "## Table", ""]
+    lines += [f"- [{p.name}]({p.name})" for p in summary.tables]
+    lines += ["", "## Figures", ""]
+    for name, paths in summary.figures.items():
+        png = next(p for p in paths if p.suffix == ".png")
+        links = " · ".join(f"[{p.suffix[1:].upper()}]({p.name})" for p in paths)
+        lines += [f"### {name}", "", links, "", f"![{name}]({png.name})", ""]
+    if summary.skipped:
+        lines += ["### Not drawn", ""] + [f"- {name}: {why}" for name, why in summary.skipped.items()]
+    lines += ["", "## Findings", "", "Details and rules: [findings.md](findings.md)", ""]
+    lines += [f"- Finding {f.number}: **{f.verdict}** — {f.claim}" for f in summary.findings]
+    return "\n".join(lines) + "\n"

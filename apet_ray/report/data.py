@@ -1,0 +1,196 @@
+"""Turn the raw results tables into what the report needs: labels, families, one score.
+
+Everything downstream works on plain string keys (nulls become ""), because pandas drops
+rows whose group key is null unless told otherwise, and a silently dropped APET trial
+would bias every comparison.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from apet_ray.results import PET_METHODS, Results
+
+SCORE_COLUMNS = {"final": "final_score", "best": "best_score"}
+
+_METHOD_NAMES = {"prompt": "Prompt", "bitfit": "BitFit", "lora": "LoRA", "adapter": "Adapter", "ft": "FT"}
+# order in tables and legends: the reference first, then the paper's PET order, then APET
+METHOD_ORDER = {"ft": 0, "prompt": 1, "bitfit": 2, "lora": 3, "adapter": 4, "apet": 5}
+METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "rougeL": "ROUGE-L"}
+
+# the paper's task types (SPEC §5), used when the trials table doesn't say (transfer rows)
+_PAPER_TASK_TYPES = {
+    "sst2": "SA", "imdb": "SA", "rottentomatoes": "SA",
+    "mnli": "NLI", "qnli": "NLI", "rte": "NLI",
+    "mrpc": "PI", "qqp": "PI",
+    "nqopen": "QA",
+    "samsum": "SUM", "multinews": "SUM",
+}  # fmt: skip
+TASK_TYPE_ORDER = {"SA": 0, "NLI": 1, "PI": 2, "QA": 3, "SUM": 4}
+
+
+def _text(value: object) -> str:
+    """A string cell, with null/NaN as ""."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return ""
+    return str(value)
+
+
+def method_label(method: object, op: object = "", distribution: object = "", match: object = "") -> str:
+    """Human label of a method, e.g. "LoRA" or "APET-Discrete (add, =LoRA)"."""
+    method, op, distribution, match = (_text(v) for v in (method, op, distribution, match))
+    if method != "apet":
+        return _METHOD_NAMES.get(method, method)
+    name = f"APET-{distribution.capitalize()}" if distribution else "APET"
+    inside = [op] if op else []
+    if match:
+        inside.append(f"={_METHOD_NAMES.get(match, match)}")
+    return f"{name} ({', '.join(inside)})" if inside else name
+
+
+def model_family(model: object) -> str:
+    """The model's family, "T5", "BERT" or "other": sizes are compared within a family, as in the paper."""
+    name = _text(model).lower()
+    if "t5" in name:
+        return "T5"
+    if "bert" in name or "minilm" in name:
+        return "BERT"
+    return "other"
+
+
+def paper_task_type(task: str) -> str:
+    return _PAPER_TASK_TYPES.get(re.sub(r"[^a-z0-9]", "", task.lower()), "")
+
+
+def metric_label(metric: str) -> str:
+    return f"{METRIC_LABELS.get(metric, metric or 'score')} (%)"
+
+
+@dataclass
+class ReportData:
+    """Usable rows plus what was set aside, with report-ready columns added.
+
+    ``trials`` gains ``label``, ``family`` and ``score`` (the chosen score column);
+    ``curves`` gains the trial's ``match``, ``label``, ``total_params``, ``metric``;
+    ``transfer`` gains ``label`` and ``relative_value`` (given or computed).
+    """
+
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    transfer: pd.DataFrame
+    score_column: str
+    task_types: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+_KEY_TEXT = ("study", "model", "task", "task_type", "method", "op", "distribution", "match", "metric", "status")
+
+
+def _clean_text(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    for col in _KEY_TEXT + ("source_task", "target_task", "trial_id"):
+        if col in df.columns:
+            df[col] = df[col].map(_text).astype(object)
+    return df
+
+
+def prepare(results: Results, score: str = "final") -> ReportData:
+    """Select usable trials, attach labels, and derive what every table and figure shares."""
+    score_column = SCORE_COLUMNS[score]
+    notes: list[str] = []
+    trials = _clean_text(results.trials)
+    errors = int((trials["status"] == "error").sum())
+    if errors:
+        notes.append(f"{errors} trial(s) with status 'error' left out of every table and figure.")
+    trials = trials[trials["status"] != "error"].copy()
+    trials["score"] = trials[score_column].astype(float)
+    unscored = int(trials["score"].isna().sum())
+    if unscored:
+        notes.append(f"{unscored} trial(s) without a {score_column} left out.")
+    trials = trials[trials["score"].notna()].copy()
+    trials["label"] = [
+        method_label(*r) for r in trials[["method", "op", "distribution", "match"]].itertuples(index=False)
+    ]
+    trials["family"] = trials["model"].map(model_family)
+    trials["method_rank"] = trials["method"].map(METHOD_ORDER).fillna(9)
+
+    task_types = {t: paper_task_type(t) for t in _all_tasks(results)}
+    task_types.update(dict(zip(trials["task"], trials["task_type"])))
+
+    curves = _clean_text(results.curves)
+    per_trial = trials.drop_duplicates("trial_id").set_index("trial_id")
+    curves["match"] = curves["trial_id"].map(per_trial["match"]).fillna("")
+    curves["total_params"] = curves["trial_id"].map(per_trial["total_params"])
+    curves["metric"] = curves["trial_id"].map(per_trial["metric"]).fillna("")
+    curves["label"] = [
+        method_label(*r) for r in curves[["method", "op", "distribution", "match"]].itertuples(index=False)
+    ]
+    transfer = _prepare_transfer(_clean_text(results.transfer), trials, notes)
+    return ReportData(trials, curves, transfer, score_column, task_types, notes)
+
+
+def _all_tasks(results: Results) -> set[str]:
+    tasks = {_text(t) for t in results.trials["task"]}
+    tasks |= {_text(t) for t in results.transfer["source_task"]}
+    tasks |= {_text(t) for t in results.transfer["target_task"]}
+    return tasks - {""}
+
+
+def _prepare_transfer(transfer: pd.DataFrame, trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Relative transfer = score / in-task score of the target task.
+
+    Taken, in order, from: the row's ``relative``; ``score / in_task_score``; the score of a
+    trial of the same model, method, op, distribution and seed trained on the target task.
+    """
+    transfer = transfer.copy()
+    transfer["label"] = [
+        method_label(m, o, d) for m, o, d in transfer[["method", "op", "distribution"]].itertuples(index=False)
+    ]
+    rel = transfer["relative"].astype(float)
+    given = transfer["in_task_score"].astype(float)
+    from_given = transfer["score"] / given.where(given > 0)
+    keys = ["model", "method", "op", "distribution", "seed"]
+    in_task = trials.groupby(keys + ["task"])["score"].mean().rename("trial_in_task").reset_index()
+    joined = transfer.merge(in_task, how="left", left_on=keys + ["target_task"], right_on=keys + ["task"]).set_index(
+        transfer.index
+    )
+    from_trials = joined["score"] / joined["trial_in_task"].where(joined["trial_in_task"] > 0)
+    transfer["relative_value"] = rel.fillna(from_given).fillna(from_trials)
+    missing = int(transfer["relative_value"].isna().sum())
+    if missing:
+        notes.append(f"{missing} transfer row(s) without a known in-task score left out of relative transfer.")
+    return transfer
+
+
+def seed_stats(df: pd.DataFrame, keys: list[str], value: str = "score") -> pd.DataFrame:
+    """Mean, sample std (ddof=1) and number of seeds of ``value`` per ``keys``.
+
+    Trials repeating a seed (the same config in two studies) are averaged per seed first,
+    so each seed counts once.
+    """
+    if df.empty:
+        return pd.DataFrame(columns=keys + ["mean", "std", "n_seeds"])
+    per_seed = df.groupby(keys + ["seed"], dropna=False, sort=False)[value].mean()
+    stats = per_seed.groupby(level=list(range(len(keys))), dropna=False, sort=False).agg(["mean", "std", "count"])
+    return stats.rename(columns={"count": "n_seeds"}).reset_index()
+
+
+def pet_default(trials: pd.DataFrame) -> pd.DataFrame:
+    """PET and FT trials at their paper configuration, one budget per (task, model, method).
+
+    A trial that resized a PET method for a budget sweep records ``requested_params``;
+    those are set aside here. If a method still has several budgets on one model and task,
+    the budget with the most trials is kept (ties: the smaller budget).
+    """
+    pet = trials[trials["method"].isin((*PET_METHODS, "ft"))]
+    pet = pet[pet["requested_params"].isna()]
+    if pet.empty:
+        return pet
+    counts = pet.groupby(["task", "model", "method", "delta_params"]).size().rename("n").reset_index()
+    counts = counts.sort_values(["n", "delta_params"], ascending=[False, True])
+    keep = counts.drop_duplicates(["task", "model", "method"])[["task", "model", "method", "delta_params"]]
+    return pet.merge(keep, on=["task", "model", "method", "delta_params"])

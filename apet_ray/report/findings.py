@@ -1,0 +1,345 @@
+"""Judge the paper's four findings (SPEC.md, end) against the results, and say how.
+
+Each finding gets one verdict -- "supported", "not supported" or "not enough data" --
+from a simple rule stated in the text, with the numbers behind it. A finding with several
+parts is "not supported" if any part fails, else "not enough data" if any part cannot be
+judged, else "supported": the verdict never claims more than the data shows.
+
+Model sizes are compared within a family (T5 with T5, BERT with BERT), smallest against
+largest size present, as the paper does. Score differences are in percentage points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from apet_ray.report.data import ReportData, pet_default, seed_stats
+from apet_ray.report.figures import human, structure_frame, transfer_matrix
+from apet_ray.report.thresholds import HIGH_TOL, LOW_MARGIN, threshold_table
+
+SUPPORTED = "supported"
+NOT_SUPPORTED = "not supported"
+NOT_ENOUGH = "not enough data"
+
+LARGE_MODEL = 5e9  # "~10B": the reach-FT part is judged only with a model at least this big
+LOW_SPREAD = 10.0  # low thresholds of one model count as "nearly the same" within this factor
+
+
+@dataclass
+class Part:
+    claim: str
+    verdict: str
+    rule: str
+    evidence: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Finding:
+    number: int
+    claim: str
+    parts: list[Part]
+
+    @property
+    def verdict(self) -> str:
+        verdicts = [p.verdict for p in self.parts]
+        if NOT_SUPPORTED in verdicts:
+            return NOT_SUPPORTED
+        if NOT_ENOUGH in verdicts:
+            return NOT_ENOUGH
+        return SUPPORTED
+
+
+def _all_hold(holds: list[bool]) -> str:
+    if not holds:
+        return NOT_ENOUGH
+    return SUPPORTED if all(holds) else NOT_SUPPORTED
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _m(model: str, size: float) -> str:
+    return f"{model} ({human(size)})"
+
+
+# ---------------------------------------------------------------- finding 1
+
+
+def finding1(data: ReportData) -> Finding:
+    claim = "Gaps between PET methods shrink with model scale; at ~10B parameters all reach FT."
+    rule_gap = (
+        "For each task and model family with FT and PET methods on at least 2 sizes, take the PET "
+        "methods present at both the smallest and the largest size. Holds if, at the largest size, "
+        "the worst PET method's gap to FT is smaller and the spread between PET methods (best − worst) "
+        f"is no larger than at the smallest size (a gap or spread already within {_pts(HIGH_TOL)} point "
+        "at the largest size counts as closed). Supported if it holds in every case."
+    )
+    rule_ft = (
+        f"At every model of ≥{human(LARGE_MODEL)} parameters, every PET method scores at least "
+        f"FT − {_pts(HIGH_TOL)} points. Judged only when such a model is in the results."
+    )
+    stats = seed_stats(pet_default(data.trials), ["task", "family", "model", "total_params", "method"])
+    gap_part = Part("PET gaps shrink with scale", NOT_ENOUGH, rule_gap)
+    ft_part = Part(f"all PET methods reach FT at ≥{human(LARGE_MODEL)}", NOT_ENOUGH, rule_ft)
+    holds: list[bool] = []
+    reach: list[bool] = []
+    for (task, family), group in stats.groupby(["task", "family"]):
+        sizes: dict[float, tuple[str, float, pd.Series]] = {}
+        for (size, model), at in group.groupby(["total_params", "model"]):
+            ft, pet = at[at["method"] == "ft"], at[at["method"] != "ft"]
+            if len(ft) and len(pet):
+                sizes[size] = (model, float(ft["mean"].iloc[0]), pet.set_index("method")["mean"])
+        for size, (model, ft_mean, pet) in sizes.items():
+            if size >= LARGE_MODEL:
+                ok = bool((pet >= ft_mean - HIGH_TOL).all())
+                reach.append(ok)
+                ft_part.evidence.append(
+                    f"{task}, {_m(model, size)}: FT {_pts(ft_mean)}, lowest PET {_pts(pet.min())} "
+                    f"({pet.idxmin()}) — {'all reach' if ok else 'not all reach'} FT"
+                )
+        if len(sizes) < 2:
+            continue
+        small, large = sizes[min(sizes)], sizes[max(sizes)]
+        common = sorted(set(small[2].index) & set(large[2].index))
+        if not common:
+            continue
+
+        (g0, s0), (g1, s1) = _gap_spread(small, common), _gap_spread(large, common)
+        ok = (g1 < g0 or g1 <= HIGH_TOL) and (s1 <= s0 or s1 <= HIGH_TOL)
+        holds.append(ok)
+        gap_part.evidence.append(
+            f"{task} ({family}, methods: {', '.join(common)}): {_m(small[0], min(sizes))} worst gap to FT "
+            f"{_pts(g0)}, spread {_pts(s0)} → {_m(large[0], max(sizes))} gap {_pts(g1)}, spread {_pts(s1)} "
+            f"— {'holds' if ok else 'does not hold'}"
+        )
+    gap_part.verdict = _all_hold(holds)
+    if not holds:
+        gap_part.evidence.append("No task has FT and a PET method on 2 or more model sizes of one family.")
+    ft_part.verdict = _all_hold(reach)
+    if not reach:
+        largest = data.trials["total_params"].max() if len(data.trials) else 0
+        ft_part.evidence.append(f"Largest model with PET and FT results: {human(largest or 0)} parameters.")
+    return Finding(1, claim, [gap_part, ft_part])
+
+
+def _gap_spread(entry: tuple[str, float, pd.Series], methods: list[str]) -> tuple[float, float]:
+    """(FT − worst PET, best PET − worst PET) over ``methods`` at one model size."""
+    pet = entry[2][methods]
+    return entry[1] - pet.min(), pet.max() - pet.min()
+
+
+# ---------------------------------------------------------------- finding 2
+
+
+def finding2(data: ReportData) -> Finding:
+    claim = (
+        "At equal parameter count, structure matters less on larger models — but Adjacent converges "
+        "in fewer steps than Discrete, at every scale."
+    )
+    rule_structure = (
+        "For each task, family and matched PET method with APET-Adjacent and APET-Discrete trials on at "
+        "least 2 sizes, the structure gap is the best minus the worst mean score among the structures "
+        "(PET, APET-Adjacent/Discrete per op) present at both the smallest and the largest size. Holds "
+        "if the gap is smaller at the largest size. Supported if it holds in every case."
+    )
+    rule_steps = (
+        "Compare mean steps_to_converge (over seeds; trials that never converged are left out) of "
+        "APET-Adjacent and APET-Discrete with the same task, model, op, match and delta count. "
+        "Needs such pairs on at least 2 model sizes; supported if Adjacent is faster in every pair."
+    )
+    structure = Part("structure matters less at scale", NOT_ENOUGH, rule_structure)
+    steps = Part("Adjacent converges in fewer steps at every scale", NOT_ENOUGH, rule_steps)
+
+    frame = structure_frame(data)
+    holds: list[bool] = []
+    if not frame.empty:
+        stats = seed_stats(frame, ["task", "family", "model", "total_params", "group", "structure"])
+        for (task, family, group), at in stats.groupby(["task", "family", "group"]):
+            by_size = {
+                size: (model, s.set_index("structure")["mean"])
+                for (size, model), s in at.groupby(["total_params", "model"])
+                if {"adjacent", "discrete"} <= {_dist(x) for x in s["structure"]}
+            }
+            if len(by_size) < 2:
+                continue
+            (m0, s0), (m1, s1) = by_size[min(by_size)], by_size[max(by_size)]
+            common = sorted(set(s0.index) & set(s1.index))
+            if len(common) < 2:
+                continue
+            gap0 = s0[common].max() - s0[common].min()
+            gap1 = s1[common].max() - s1[common].min()
+            ok = gap1 < gap0
+            holds.append(ok)
+            structure.evidence.append(
+                f"{task} ({family}, ={group}; {', '.join(common)}): structure gap {_pts(gap0)} on "
+                f"{_m(m0, min(by_size))} → {_pts(gap1)} on {_m(m1, max(by_size))} — "
+                f"{'holds' if ok else 'does not hold'}"
+            )
+    structure.verdict = _all_hold(holds)
+    if not holds:
+        structure.evidence.append("No matched APET-Adjacent and APET-Discrete trials on 2 or more sizes of one family.")
+
+    apet = data.trials[(data.trials["method"] == "apet") & data.trials["steps_to_converge"].notna()]
+    pairs: list[tuple[float, bool]] = []
+    if not apet.empty:
+        keys = ["task", "model", "total_params", "op", "match", "delta_params"]
+        conv = seed_stats(apet, keys + ["distribution"], value="steps_to_converge")
+        for key, at in conv.groupby(keys):
+            means = at.set_index("distribution")["mean"]
+            if not {"adjacent", "discrete"} <= set(means.index):
+                continue
+            ok = means["adjacent"] < means["discrete"]
+            pairs.append((key[2], bool(ok)))
+            task, model, size, op, match, delta = key
+            steps.evidence.append(
+                f"{task}, {_m(model, size)}, {op or '?'}{', =' + match if match else ''}, {delta:,} params: "
+                f"Adjacent {means['adjacent']:.0f} vs Discrete {means['discrete']:.0f} steps — "
+                f"{'Adjacent faster' if ok else 'Adjacent not faster'}"
+            )
+    never = int(((data.trials["method"] == "apet") & data.trials["steps_to_converge"].isna()).sum())
+    if never:
+        steps.evidence.append(f"{never} APET trial(s) without steps_to_converge (never converged) left out.")
+    if len({size for size, _ in pairs}) >= 2:
+        steps.verdict = _all_hold([ok for _, ok in pairs])
+    elif pairs:
+        steps.verdict = NOT_SUPPORTED if not all(ok for _, ok in pairs) else NOT_ENOUGH
+        steps.evidence.append("Convergence pairs on only one model size: 'at every scale' cannot be judged.")
+    else:
+        steps.evidence.append("No APET-Adjacent/Discrete pair with steps_to_converge.")
+    return Finding(2, claim, [structure, steps])
+
+
+def _dist(structure: str) -> str:
+    return structure.split(" ")[0].removeprefix("APET-").lower()
+
+
+# ---------------------------------------------------------------- finding 3
+
+
+def finding3(data: ReportData) -> Finding:
+    claim = (
+        "The high threshold falls as models grow; the low threshold does not fall, and is nearly "
+        "the same for all methods on one model."
+    )
+    common_rule = (
+        f"Thresholds per task, model and method from budget sweeps with at least 2 budgets: low = smallest "
+        f"budget whose mean score exceeds random guess + {_pts(LOW_MARGIN)} points, high = smallest budget "
+        f"whose mean score is ≥ FT − {_pts(HIGH_TOL)} points. "
+    )
+    high = Part(
+        "high threshold falls with scale", NOT_ENOUGH,
+        common_rule + "Holds for a task, family and method if the high threshold on the largest size where it "
+        "is reached is below that on the smallest. Supported if it holds in every case with 2 or more sizes.",
+    )  # fmt: skip
+    low = Part(
+        "low threshold does not fall with scale", NOT_ENOUGH,
+        common_rule + "Holds if the low threshold on the largest size is at least that on the smallest. "
+        "Supported if it holds in every case with 2 or more sizes.",
+    )  # fmt: skip
+    same = Part(
+        "low threshold nearly the same for all methods on one model", NOT_ENOUGH,
+        common_rule + f"Holds for a model and task if its methods' low thresholds lie within a factor of "
+        f"{LOW_SPREAD:g} (largest / smallest). Supported if it holds for every model and task with 2 or more methods.",
+    )  # fmt: skip
+    table = threshold_table(data.trials)
+    table = table[table["n_budgets"] >= 2]
+    for part, column, falls_is_good in ((high, "high_threshold", True), (low, "low_threshold", False)):
+        holds = []
+        known = table.dropna(subset=[column])
+        for (task, family, label), at in known.groupby(["task", "family", "label"]):
+            if at["total_params"].nunique() < 2:
+                continue
+            at = at.sort_values("total_params")
+            first, last = at.iloc[0], at.iloc[-1]
+            ok = (last[column] < first[column]) if falls_is_good else (last[column] >= first[column])
+            holds.append(bool(ok))
+            part.evidence.append(
+                f"{task} ({family}), {label}: {int(first[column]):,} on {_m(first['model'], first['total_params'])} "
+                f"→ {int(last[column]):,} on {_m(last['model'], last['total_params'])} — "
+                f"{'holds' if ok else 'does not hold'}"
+            )
+        part.verdict = _all_hold(holds)
+        if not holds:
+            part.evidence.append(f"No method with a {column.replace('_', ' ')} on 2 or more sizes of one family.")
+    holds = []
+    for (task, model), at in table.dropna(subset=["low_threshold"]).groupby(["task", "model"]):
+        if len(at) < 2:
+            continue
+        lo, hi = int(at["low_threshold"].min()), int(at["low_threshold"].max())
+        ok = hi <= LOW_SPREAD * lo
+        holds.append(ok)
+        same.evidence.append(
+            f"{task}, {_m(model, at['total_params'].iloc[0])}: low thresholds of {len(at)} methods in "
+            f"[{lo:.2g}, {hi:.2g}] — {'holds' if ok else 'does not hold'}"
+        )
+    same.verdict = _all_hold(holds)
+    if not holds:
+        same.evidence.append("No model and task with low thresholds of 2 or more methods.")
+    return Finding(3, claim, [high, low, same])
+
+
+# ---------------------------------------------------------------- finding 4
+
+
+def finding4(data: ReportData) -> Finding:
+    claim = "Transfer works within a task type and poorly across types, at every scale."
+    part = Part(
+        "within-type transfer beats cross-type transfer at every size", NOT_ENOUGH,
+        "Relative transfer = transfer score / in-task score of the target, averaged over seeds, with "
+        "source ≠ target. Per model, compare the mean over within-type pairs with the mean over "
+        "cross-type pairs. Needs both kinds of pairs on at least 2 model sizes; supported if within-type "
+        "is higher on every model.",
+    )  # fmt: skip
+    transfer = data.transfer.dropna(subset=["relative_value"])
+    transfer = transfer[transfer["source_task"] != transfer["target_task"]]
+    results = []
+    sizes = data.trials.drop_duplicates("model").set_index("model")["total_params"]
+    for model, group in transfer.groupby("model"):
+        cells = transfer_matrix(group).stack().rename("relative").reset_index()
+        src = cells["source_task"].map(data.task_types).fillna("")
+        dst = cells["target_task"].map(data.task_types).fillna("")
+        known = (src != "") & (dst != "")
+        within = cells.loc[known & (src == dst), "relative"]
+        cross = cells.loc[known & (src != dst), "relative"]
+        if within.empty or cross.empty:
+            continue
+        ok = within.mean() > cross.mean()
+        results.append(bool(ok))
+        part.evidence.append(
+            f"{_m(model, sizes.get(model, 0))}: within-type {_pts(within.mean())}% over {len(within)} pairs, "
+            f"cross-type {_pts(cross.mean())}% over {len(cross)} pairs — {'holds' if ok else 'does not hold'}"
+        )
+    if len(results) >= 2:
+        part.verdict = _all_hold(results)
+    elif results:
+        part.verdict = NOT_SUPPORTED if not results[0] else NOT_ENOUGH
+        part.evidence.append("Within- and cross-type pairs on only one model: 'at every scale' cannot be judged.")
+    else:
+        part.evidence.append("No model with transfer rows both within and across task types.")
+    return Finding(4, claim, [part])
+
+
+def judge(data: ReportData) -> list[Finding]:
+    return [finding1(data), finding2(data), finding3(data), finding4(data)]
+
+
+def to_markdown(findings: list[Finding]) -> str:
+    lines = [
+        "# Findings",
+        "",
+        "Each of the paper's findings judged against these results. A finding is *not supported* if any "
+        "part fails, *not enough data* if any part cannot be judged, else *supported*. "
+        "Score differences are in percentage points.",
+        "",
+    ]
+    lines += [f"- Finding {f.number}: **{f.verdict}** — {f.claim}" for f in findings]
+    for f in findings:
+        lines += ["", f"## Finding {f.number}: {f.verdict}", "", f"> {f.claim}", ""]
+        for part in f.parts:
+            lines += [f"### {part.claim}: {part.verdict}", "", f"Rule: {part.rule}", ""]
+            lines += [f"- {line}" for line in part.evidence] or ["- (no data)"]
+            lines.append("")
+    return "\n".join(lines)

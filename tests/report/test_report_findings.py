@@ -1,0 +1,77 @@
+"""Verdicts on the paper's four findings: supported, not supported, not enough data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from report_synth import MODELS, build_study, put, trial_row
+
+from apet_ray.report.data import prepare
+from apet_ray.report.findings import (
+    NOT_ENOUGH,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    finding1,
+    finding4,
+    judge,
+    to_markdown,
+)
+from apet_ray.results import read_results
+
+
+def _data(results_dir: Path):
+    results, problems = read_results(results_dir)
+    assert problems == []
+    return prepare(results)
+
+
+def test_all_supported_on_a_study_built_to_support_them(study_dir: Path) -> None:
+    findings = judge(_data(study_dir))
+    assert [f.verdict for f in findings] == [SUPPORTED] * 4
+    text = to_markdown(findings)
+    assert "bert-small (28.8M) worst gap to FT 16.0" in text  # the numbers behind the verdict
+    assert "Rule:" in text
+
+
+def test_one_model_size_is_not_enough_data_for_any_finding(tmp_path: Path) -> None:
+    findings = judge(_data(build_study(tmp_path, models=("bert-small",), seeds=(0,))))
+    assert [f.verdict for f in findings] == [NOT_ENOUGH] * 4
+    assert to_markdown(findings).count(f"**{NOT_ENOUGH}**") == 4
+
+
+def test_no_10b_model_means_the_reach_ft_part_is_not_judged(tmp_path: Path) -> None:
+    finding = finding1(_data(build_study(tmp_path, models=("bert-small", "bert-large"), seeds=(0,))))
+    gap, reach = finding.parts
+    assert gap.verdict == SUPPORTED
+    assert reach.verdict == NOT_ENOUGH
+    assert finding.verdict == NOT_ENOUGH
+
+
+def test_pet_without_ft_is_not_enough_for_finding1(tmp_path: Path) -> None:
+    for model in ("bert-small", "bert-large"):
+        put(tmp_path, trial_row(f"{model}-lora", model=model, total_params=MODELS[model]))
+    assert finding1(_data(tmp_path)).verdict == NOT_ENOUGH
+
+
+def test_gaps_growing_with_scale_is_not_supported(tmp_path: Path) -> None:
+    for model, ft, lora, prompt in (("bert-small", 0.80, 0.79, 0.78), ("bert-xxl", 0.90, 0.70, 0.60)):
+        size = {"model": model, "total_params": MODELS[model]}
+        put(tmp_path, trial_row(f"{model}-ft", **size, method="ft", delta_params=MODELS[model], final_score=ft))
+        put(tmp_path, trial_row(f"{model}-lora", **size, final_score=lora))
+        put(tmp_path, trial_row(f"{model}-prompt", **size, method="prompt", delta_params=76_800, final_score=prompt))
+    finding = finding1(_data(tmp_path))
+    assert finding.verdict == NOT_SUPPORTED
+    assert "does not hold" in finding.parts[0].evidence[0]
+
+
+def test_transfer_better_across_types_is_not_supported(tmp_path: Path) -> None:
+    for model in ("bert-small", "bert-large"):
+        rows = [
+            {"study": "e5", "model": model, "method": "lora", "seed": 0, "source_task": "sst2",
+             "target_task": target, "score": score, "in_task_score": 0.8}
+            for target, score in (("imdb", 0.4), ("rte", 0.7), ("mrpc", 0.7))
+        ]  # fmt: skip
+        put(tmp_path, trial_row(f"{model}-src", model=model, total_params=MODELS[model]), transfer=rows)
+    finding = finding4(_data(tmp_path))
+    assert finding.verdict == NOT_SUPPORTED
+    assert "within-type 50.0% over 1 pairs, cross-type 87.5% over 2 pairs" in finding.parts[0].evidence[0]
