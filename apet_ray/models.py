@@ -109,8 +109,22 @@ class Seq2SeqLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding for exactly ``max_new_tokens`` steps (finished rows emit padding).
+
+        A fixed step count keeps every FSDP rank in the same collectives, which
+        ``transformers``' early-stopping ``generate`` would not.
+        """
+        config = self.backbone.config
         embeds, mask = self._encoder_inputs(input_ids, attention_mask)
-        return self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+        encoded = self.backbone.encoder(inputs_embeds=embeds, attention_mask=mask)
+        out = input_ids.new_full((input_ids.shape[0], 1), config.decoder_start_token_id)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            logits = self.backbone(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=out).logits[:, -1]
+            token = torch.where(done, config.pad_token_id, logits.argmax(-1))
+            out = torch.cat([out, token[:, None]], dim=1)
+            done |= token == config.eos_token_id
+        return out[:, 1:]
 
 
 # ---- resolving names --------------------------------------------------------------------

@@ -377,3 +377,56 @@ def count_files(results_dir: str | os.PathLike[str]) -> int:
     """Number of ``*.parquet`` files in the three table folders (readable or not)."""
     root = Path(results_dir)
     return sum(len(list((root / t).glob("*.parquet"))) for t in TABLES)
+
+
+def rows_from_run(summary: Mapping, config: Mapping, study: str, trial_id: str, status: str,
+                  code_version: str) -> tuple[dict, list[dict]]:
+    """The trials row and curves rows of one training run.
+
+    ``summary`` is what ``apet_ray.train.train`` returns; ``config`` its config as a dict
+    (``train.config_to_dict``). PET methods at the paper's setting leave op, distribution
+    and requested_params empty: they are described by the method alone.
+    """
+    spec = json.loads(config["spec"])
+    is_apet = spec["method"] == "apet"
+    history = summary["history"]
+    common = {
+        "study": study,
+        "model": summary["model"],
+        "method": spec["method"],
+        "op": spec["op"] if is_apet else None,
+        "distribution": spec["distribution"] if is_apet else None,
+        "seed": int(config["seed"]),
+    }
+    trial = {
+        **common,
+        "trial_id": trial_id,
+        "total_params": int(summary["total_params"]),
+        "task": summary["task"],
+        "task_type": summary["task_type"],
+        "match": spec["match"] if is_apet else None,
+        "requested_params": summary["requested_params"] if is_apet else None,
+        "trainable_params": int(summary["trainable_params"]),
+        "delta_params": int(summary["delta_params"]),
+        "ratio": summary["delta_params"] / summary["total_params"],
+        "lr": float(summary["lr"]),
+        "batch_size": int(config["batch_size"]),
+        "max_steps": int(config["max_steps"]),
+        "metric": summary["metric"],
+        "random_guess": float(summary["random_guess"]),
+        "final_score": float(summary["final_score"]),
+        "best_score": float(summary["best_score"]),
+        "steps_to_converge": summary["steps_to_converge"],
+        "steps_run": int(summary["steps_run"]),
+        "wall_time_s": float(summary["wall_time_s"]),
+        "status": status,
+        "code_version": code_version,
+        "hparams": json.dumps(dict(config), sort_keys=True, default=str),
+    }
+    curves = [
+        {**{k: v for k, v in common.items()}, "task": summary["task"], "delta_params": int(summary["delta_params"]),
+         "step": int(h["step"]), "score": float(h["score"]), "loss": float(h["loss"]),
+         "tokens_per_s": float(h["tokens_per_s"]), "elapsed_s": float(h["elapsed_s"])}
+        for h in history
+    ]
+    return trial, curves

@@ -1,0 +1,79 @@
+"""Examples -> token ids -> batches, in a seeded order that depends only on the step.
+
+The global batch of step s is fixed by (seed, s) alone, so a resumed run sees exactly the
+batches it would have seen, and N workers each take an equal contiguous slice of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from apet_ray.tasks import Example, Task, to_text
+
+
+@dataclass
+class Encoded:
+    """Token ids of a split. ``labels``: class ids (BERT) or target token ids (T5)."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[int] | list[list[int]]
+    examples: list[Example]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode(task: Task, examples: list[Example], tokenizer, family: str, max_input_len: int | None = None,
+           max_target_len: int = 128) -> Encoded:
+    limit = max_input_len or task.max_input_len
+    if family == "bert":
+        texts = [e.inputs for e in examples]
+        pairs = [t[1] for t in texts] if len(task.text_columns) == 2 else None
+        enc = tokenizer([t[0] for t in texts], pairs, truncation=True, max_length=limit)
+        return Encoded(enc["input_ids"], enc.get("token_type_ids"), [e.label for e in examples], examples)
+    sources, targets = zip(*(to_text(task, e) for e in examples))
+    src = tokenizer(list(sources), truncation=True, max_length=limit)["input_ids"]
+    tgt = tokenizer(list(targets), truncation=True, max_length=max_target_len)["input_ids"]
+    # T5 tokenizers end each sequence with </s>; the WordPiece tokenizer of the tiny
+    # presets ends it with [SEP], which the tiny-t5 config takes as its eos id.
+    return Encoded(src, None, tgt, list(examples))
+
+
+def collate(data: Encoded, rows: list[int], pad_id: int, family: str) -> dict[str, torch.Tensor]:
+    ids = [data.input_ids[i] for i in rows]
+    width = max(len(r) for r in ids)
+    batch = {
+        "input_ids": torch.tensor([r + [pad_id] * (width - len(r)) for r in ids]),
+        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids]),
+    }
+    if data.token_type_ids is not None:
+        tt = [data.token_type_ids[i] for i in rows]
+        batch["token_type_ids"] = torch.tensor([r + [0] * (width - len(r)) for r in tt])
+    if family == "bert":
+        batch["labels"] = torch.tensor([data.labels[i] for i in rows])
+    else:
+        tgt = [data.labels[i] for i in rows]
+        t_width = max(len(r) for r in tgt)
+        batch["labels"] = torch.tensor([r + [-100] * (t_width - len(r)) for r in tgt])  # -100: ignored by the loss
+    return batch
+
+
+def global_batch(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Example indices of the global batch of ``step`` (0-based): epochs are seeded shuffles."""
+    start = step * batch_size
+    rows: list[int] = []
+    while len(rows) < batch_size:
+        epoch, offset = divmod(start + len(rows), n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+        rows += order[offset: offset + batch_size - len(rows)]
+    return rows
+
+
+def shard(rows: list[int], rank: int, world: int) -> list[int]:
+    """This worker's contiguous slice of a global batch (sizes differ by at most one)."""
+    per, extra = divmod(len(rows), world)
+    start = rank * per + min(rank, extra)
+    return rows[start: start + per + (1 if rank < extra else 0)]

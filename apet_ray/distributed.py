@@ -1,0 +1,77 @@
+"""Strategies: one process, DDP, or FSDP2 with the frozen backbone sharded.
+
+FSDP2 (``fully_shard``) goes on every transformer block, then on the root, so each block's
+frozen weights are gathered only while that block runs; the deltas inside a block are
+sharded with it and are the only tensors that get gradients and optimizer state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from apet_ray.delta.architectures import blocks, family_of
+from apet_ray.delta.plan import backbone_of
+from apet_ray.errors import UserError
+
+STRATEGIES = ("auto", "none", "ddp", "fsdp")
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def resolve_strategy(strategy: str, world: int, backbone_bytes: int, device: torch.device) -> str:
+    """``auto``: one process alone; FSDP when the frozen backbone would take more than a
+    third of a GPU (it must leave room for activations); DDP otherwise."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    if world == 1:
+        return "none"
+    if strategy == "none":
+        raise UserError(f"strategy 'none' runs one process, but {world} workers were asked for")
+    if strategy != "auto":
+        return strategy
+    if device.type == "cuda" and backbone_bytes > torch.cuda.get_device_properties(device).total_memory / 3:
+        return "fsdp"
+    return "ddp"
+
+
+def wrap(model: nn.Module, strategy: str, device: torch.device, bf16: bool) -> nn.Module:
+    if strategy == "none":
+        return model
+    if strategy == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    backbone, _ = backbone_of(model)
+    for _, _, block in blocks(backbone, family_of(backbone)):
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    if hasattr(model, "generate"):  # generation must gather the root's weights like forward does
+        register_fsdp_forward_method(model, "generate")
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every rank (a collective for FSDP shards), on the CPU."""
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu()
+
+
+def like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out as ``target`` is: sharded the same way when it is a DTensor."""
+    if isinstance(target, DTensor):
+        return distribute_tensor(full.to(target.device, target.dtype), target.device_mesh, target.placements)
+    return full.to(target.device, target.dtype)

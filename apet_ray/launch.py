@@ -1,0 +1,89 @@
+"""Starting Ray and running one training run on Ray Train.
+
+Local by default (a Ray instance on this machine, dashboard on 127.0.0.1:8265); the same
+code joins a cluster with ``address="auto"`` or ``ray://...``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+from apet_ray.errors import UserError
+from apet_ray.train import TrainConfig, config_to_dict, ray_train_loop
+
+# ray.train.report blocks ~2 s per call at Ray's default health-check interval (STACK.md)
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+
+
+def check_address(address: str | None) -> None:
+    """Refuse an unreachable cluster address before anything starts."""
+    if address in (None, "", "local"):
+        return
+    if address == "auto":
+        if not os.environ.get("RAY_ADDRESS") and not Path("/tmp/ray/ray_current_cluster").exists():
+            raise UserError("--address auto found no running Ray cluster on this machine (start one with `ray start --head`)")
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc})") from None
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
+    local = address in (None, "", "local")
+    kwargs = dict(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1") if local else {}
+    # Train V2: a run stopped by ASHA only gives back its CPUs when the dashboard's state
+    # service runs (STACK.md), so the dashboard stays on unless the caller opts out.
+    ray.init(address=None if local else address, runtime_env={"env_vars": dict(RAY_ENV)},
+             log_to_driver=True, configure_logging=True, logging_level="WARNING", **kwargs)
+
+
+def code_version() -> str:
+    """The git commit of the code that ran (with +dirty), or the package version."""
+    from apet_ray import __version__
+
+    try:
+        root = Path(__file__).resolve().parents[1]
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return __version__
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{__version__}+{sha.stdout.strip()}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def make_trainer(cfg: TrainConfig, storage_path: str, name: str, max_failures: int = 0,
+                 cpus_per_worker: float = 1.0, use_gpu: bool | None = None, callbacks=()):
+    """A TorchTrainer for one run; ``use_gpu`` None: whenever the cluster has GPUs."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    return TorchTrainer(
+        ray_train_loop,
+        train_loop_config={"train": config_to_dict(cfg), "threads": max(1, int(cpus_per_worker))},
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
+        ),
+    )
