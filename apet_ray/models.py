@@ -65,9 +65,11 @@ class ModelInfo:
 
 
 class EncoderClassifier(nn.Module):
-    def __init__(self, backbone: nn.Module, num_labels: int, dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, num_labels: int, dropout: float | None = None):
         super().__init__()
         self.backbone = backbone
+        if dropout is None:  # the backbone's own hidden dropout (0 in the tiny presets)
+            dropout = getattr(backbone.config, "hidden_dropout_prob", 0.1)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.config.hidden_size, num_labels))
         self.prompt: nn.Module | None = None
 

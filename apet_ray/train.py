@@ -54,6 +54,7 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     converge_tol: float = 0.01
+    verify_frozen: bool = False  # checksum the frozen weights before and after (costs a pass over them)
 
     def with_absolute_paths(self) -> "TrainConfig":
         """Ray workers run in another directory: local paths must not be relative."""
@@ -98,7 +99,7 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
     pad_id = tokenizer.pad_token_id
 
     # ---- resume: deltas go in before sharding, optimizer state after --------------------
-    state = {"step": 0, "history": [], "tokens": 0, "elapsed": 0.0}
+    state = {"step": 0, "history": [], "losses": [], "tokens": 0, "elapsed": 0.0}
     saved_optim = None
     if restore_dir is not None:
         tensors, _ = read_deltas(Path(restore_dir) / "deltas.safetensors")
@@ -111,6 +112,9 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
     strategy = resolve_strategy(cfg.strategy, world, counts["total_params"] * 4, device)
     model = wrap(model, strategy, device, bf16)
     named = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
+    # FSDP2 swaps registered parameters between sharded and unsharded: hold the sharded ones
+    frozen = [p for p in unwrap(model).parameters() if not p.requires_grad]
+    frozen_before = _frozen_checksum(frozen, world) if cfg.verify_frozen else None
     base_lr, prompt_lr = cfg.learning_rates()
     groups = [
         {"params": [p for n, p in named.items() if not n.startswith("prompt.")], "lr": base_lr},
@@ -131,7 +135,7 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
 
     # ---- the loop --------------------------------------------------------------------------
     model.train()
-    loss_sum, loss_steps, tokens = 0.0, 0, 0
+    losses, tokens = [], 0
     t_window = time.perf_counter()
     for step in range(state["step"], cfg.max_steps):
         rows = shard(global_batch(len(train_data), cfg.batch_size, step, cfg.seed), rank, world)
@@ -142,8 +146,7 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_sum += float(loss.detach())
-        loss_steps += 1
+        losses.append(float(loss.detach()))
         tokens += int(batch["attention_mask"].sum())
 
         done = step + 1
@@ -151,7 +154,9 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
             continue
         # ---- evaluate, checkpoint, report -------------------------------------------------
         window = time.perf_counter() - t_window
-        mean_loss, tokens = _all_reduce_mean(loss_sum / loss_steps, world), _all_reduce_sum(tokens, world)
+        step_losses = [x / world for x in _all_reduce_sum(losses, world)]  # global mean loss of each step
+        mean_loss, tokens = sum(step_losses) / len(step_losses), _all_reduce_sum([tokens], world)[0]
+        state["losses"] += step_losses
         metric = evaluate(model, task, eval_data, info.family, pad_id, cfg.batch_size * 2, device, tokenizer)
         state["elapsed"] += window
         state["tokens"] += tokens
@@ -172,14 +177,19 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
         report(metrics, checkpoint)
         if checkpoint is not None:
             shutil.rmtree(checkpoint, ignore_errors=True)  # the reporter has copied it
-        loss_sum, loss_steps, tokens = 0.0, 0, 0
+        losses, tokens = [], 0
         t_window = time.perf_counter()
 
+    frozen_unchanged = None
+    if frozen_before is not None:
+        frozen_unchanged = _frozen_checksum(frozen, world) == frozen_before
     history = state["history"]
     scores = [h["score"] for h in history]
     return {
         **counts,
         "history": history,
+        "losses": state["losses"],
+        "frozen_unchanged": frozen_unchanged,
         "final_score": scores[-1] if scores else float("nan"),
         "best_score": max(scores) if scores else float("nan"),
         "steps_to_converge": steps_to_converge([h["step"] for h in history], scores, cfg.converge_tol),
@@ -365,13 +375,23 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS of this process
 
 
-def _all_reduce_mean(x: float, world: int) -> float:
-    return _all_reduce_sum(x, world) / world
-
-
-def _all_reduce_sum(x: float, world: int) -> float:
-    if world == 1:
-        return x
-    t = torch.tensor([float(x)], dtype=torch.float64)
+def _all_reduce_sum(xs: list[float], world: int) -> list[float]:
+    if world == 1 or not xs:
+        return list(xs)
+    t = torch.tensor(xs, dtype=torch.float64)
     dist.all_reduce(t)
-    return float(t)
+    return t.tolist()
+
+
+def _frozen_checksum(frozen: list[torch.Tensor], world: int) -> list[float]:
+    """Exact fingerprint of every frozen tensor this rank holds (its shard under FSDP):
+    the sum and the position-weighted sum of the raw bits, gathered over ranks."""
+    from torch.distributed.tensor import DTensor
+
+    sums = []
+    for p in frozen:
+        local = p.to_local() if isinstance(p, DTensor) else p
+        bits = local.detach().contiguous().view(-1).view(torch.int32 if local.element_size() == 4 else torch.int16).long()
+        weights = torch.arange(1, bits.numel() + 1, dtype=torch.long, device=bits.device)
+        sums += [float(bits.sum()), float((bits * weights).sum() % 1_000_000_007)]
+    return _all_reduce_sum(sums, world)

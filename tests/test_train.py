@@ -1,0 +1,99 @@
+"""The training loop in one process (no Ray): resume, frozen weights, convergence steps."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from apet_ray.data import global_batch, shard
+from apet_ray.delta import DeltaSpec, read_deltas
+from apet_ray.errors import UserError
+from apet_ray.train import TrainConfig, check_config, steps_to_converge, train
+
+DATA = str(Path(__file__).parent / "fixtures" / "data")
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(model="tiny-bert", task="sst2", data_dir=DATA, batch_size=8, max_steps=12, eval_every=4,
+                eval_limit=32, spec=DeltaSpec.apet("add", "discrete", budget=3000, seed=1), workers=0)
+    return TrainConfig(**{**base, **kw})
+
+
+class Recorder:
+    """Keeps a copy of every checkpoint the loop reports (it deletes its own afterwards)."""
+
+    def __init__(self, root: Path):
+        self.root, self.metrics, self.folders = root, [], []
+
+    def __call__(self, metrics, folder):
+        self.metrics.append(metrics)
+        if folder:
+            import shutil
+            target = self.root / f"step-{metrics['step']}"
+            shutil.copytree(folder, target)
+            self.folders.append(target)
+
+
+def test_steps_to_converge():
+    assert steps_to_converge([1, 2, 3, 4], [0.1, 0.5, 0.8, 0.79], tol=0.02) == 3
+    assert steps_to_converge([1, 2, 3, 4], [0.9, 0.5, 0.8, 0.9], tol=0.01) == 4
+    assert steps_to_converge([10, 20], [0.7, 0.7], tol=0.0) == 10
+    assert steps_to_converge([], [], tol=0.1) is None
+
+
+def test_batches_depend_on_seed_and_step_only_and_shards_cover_the_batch():
+    assert global_batch(100, 32, 7, seed=3) == global_batch(100, 32, 7, seed=3)
+    assert global_batch(100, 32, 7, seed=3) != global_batch(100, 32, 7, seed=4)
+    rows = global_batch(10, 7, 1, seed=0)  # crosses an epoch boundary
+    assert len(rows) == 7
+    parts = [shard(rows, r, 3) for r in range(3)]
+    assert sum(parts, []) == rows and [len(p) for p in parts] == [3, 2, 2]
+
+
+def test_resume_continues_the_same_trajectory(tmp_path):
+    straight = train(tiny(), Recorder(tmp_path / "a"))
+    first = Recorder(tmp_path / "b")
+    train(tiny(max_steps=8), first)
+    resumed = train(tiny(), Recorder(tmp_path / "c"), restore_dir=str(first.folders[-1]))
+    assert resumed["losses"] == straight["losses"]
+    assert resumed["history"][-1]["score"] == straight["history"][-1]["score"]
+    a, _ = read_deltas(tmp_path / "a" / "step-12" / "deltas.safetensors")
+    c, _ = read_deltas(tmp_path / "c" / "step-12" / "deltas.safetensors")
+    assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_frozen_weights_are_untouched_and_counts_are_reported(tmp_path):
+    out = train(tiny(verify_frozen=True, spec=DeltaSpec.pet("adapter")), Recorder(tmp_path))
+    assert out["frozen_unchanged"] is True
+    assert out["delta_params"] == 2 * 2 * (2 * 32 * 24 + 24 + 32)
+    assert out["trainable_params"] == out["delta_params"] + 32 * 2 + 2
+    assert len(out["history"]) == 3 and out["steps_run"] == 12
+
+
+def test_checkpoint_of_k_discrete_values_is_O_k(tmp_path):
+    rec = Recorder(tmp_path)
+    train(tiny(max_steps=4), rec)
+    size = (rec.folders[-1] / "deltas.safetensors").stat().st_size
+    # 3,000 values (fp32) + 3,000 indices (int64) + a 66-parameter head + header
+    assert size < 3000 * 12 + 66 * 4 + 16_384
+
+
+def test_t5_text_to_text_runs_and_scores_invalid_generations_as_zero(tmp_path):
+    out = train(tiny(model="tiny-t5", spec=DeltaSpec.pet("lora"), max_steps=2, eval_every=2, eval_limit=8), Recorder(tmp_path))
+    assert out["random_guess"] == 0.0 and 0.0 <= out["final_score"] <= 1.0
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(task="nope"), "unknown task"),
+    (dict(model="./missing-model"), "does not exist"),
+    (dict(spec=DeltaSpec.apet("add", "discrete", budget=10**9)), "larger than"),
+    (dict(data_dir="/nonexistent/dir"), "not found"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(strategy="zero3"), "unknown strategy"),
+    (dict(precision="fp8"), "unknown precision"),
+    (dict(model="tiny-bert", task="samsum"), "classification only"),
+])
+def test_check_config_refuses_bad_runs_in_one_line(change, message):
+    with pytest.raises(UserError, match=message) as info:
+        check_config(tiny(**change))
+    assert "\n" not in str(info.value)
