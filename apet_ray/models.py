@@ -16,12 +16,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
-import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import transformers
@@ -30,6 +27,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, Pretr
 
 from apet_ray.delta.architectures import BERT, T5
 from apet_ray.errors import UserError
+from apet_ray.hub import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -162,19 +160,6 @@ def resolve(name: str) -> tuple[str | Path, ModelInfo]:
     if path.suffix or name.startswith((".", "/")):
         raise UserError(f"model path {name} does not exist")
     return name, ModelInfo(name, "?", pretrained=True, source="hub")
-
-
-@lru_cache(maxsize=None)
-def hub_reachable() -> bool:
-    """One quick connection test, so an offline machine fails in seconds instead of
-    waiting out the hub client's retries; the local cache still serves hub names."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-        return True
-    except OSError:
-        log.warning("the Hugging Face Hub (%s) is unreachable: using the local cache only", host)
-        return False
 
 
 def _hub_kwargs(info: ModelInfo) -> dict:

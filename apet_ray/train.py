@@ -54,6 +54,8 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     converge_tol: float = 0.01
+    train_head: bool = True  # BERT classifier head; False: frozen at its seeded random init
+    transfer_tasks: tuple[str, ...] = ()  # after training, zero-shot eval on these (unified labels)
     verify_frozen: bool = False  # checksum the frozen weights before and after (costs a pass over them)
 
     def with_absolute_paths(self) -> "TrainConfig":
@@ -88,6 +90,8 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
     if info.family == "bert" and not task.is_classification:
         raise ValueError(f"{task.name} is a {task.type} task: BERT-family models do classification only")
     plan = attach(model, cfg.spec)
+    if hasattr(model, "head") and not cfg.train_head:
+        model.head.requires_grad_(False)
     counts = {"trainable_params": count_trainable(model), "delta_params": count_deltas(model),
               "total_params": count_backbone(model), "requested_params": plan.requested}
 
@@ -133,6 +137,13 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
               f"{counts['total_params']:,}; {len(train_data):,} train / {len(eval_data):,} eval examples; "
               f"{world} worker(s), strategy {strategy}{', bf16' if bf16 else ''}", flush=True)
 
+    run_facts = {
+        "model": info.name, "task": task.name, "task_type": task.type, "metric": task.metric,
+        # an untrained generator emits no valid label: T5's chance level is 0 (paper, SPEC §5)
+        "random_guess": 0.0 if info.family == "t5" else task.random_guess,
+        "lr": base_lr, "strategy": strategy, "workers": world, "converge_tol": cfg.converge_tol,
+    }
+
     # ---- the loop --------------------------------------------------------------------------
     model.train()
     losses, tokens = [], 0
@@ -168,7 +179,14 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
             "step": done, "loss": mean_loss, "score": metric, "best_score": max(scores),
             "tokens_per_s": tokens / max(window, 1e-9), "peak_memory_mb": _peak_memory_mb(device),
             "elapsed_s": state["elapsed"], **{k: v for k, v in counts.items() if v is not None},
+            # the whole curve and the run's facts ride along, so whoever sees the last report
+            # (a Tune callback, even for a trial ASHA stopped) can write the full record
+            "history": list(state["history"]), "run": run_facts,
         }
+        if done == cfg.max_steps and cfg.transfer_tasks:
+            state["transfer"] = {target: evaluate_transfer(model, task, target, cfg, info.family, tokenizer, device)
+                                 for target in cfg.transfer_tasks}
+            metrics["transfer"] = state["transfer"]
         checkpoint = save_checkpoint(model, optimizer, named, state, rank)
         if rank == 0:
             print(f"[apet-ray] step {done}/{cfg.max_steps}  loss {mean_loss:.4f}  {task.metric} {metric:.4f} "
@@ -184,29 +202,29 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
     if frozen_before is not None:
         frozen_unchanged = _frozen_checksum(frozen, world) == frozen_before
     history = state["history"]
-    scores = [h["score"] for h in history]
     return {
         **counts,
+        **run_facts,
         "history": history,
         "losses": state["losses"],
         "frozen_unchanged": frozen_unchanged,
-        "final_score": scores[-1] if scores else float("nan"),
-        "best_score": max(scores) if scores else float("nan"),
-        "steps_to_converge": steps_to_converge([h["step"] for h in history], scores, cfg.converge_tol),
-        "steps_run": state["step"],
+        "transfer": state.get("transfer", {}),
+        **outcome(history, cfg.converge_tol),
         "train_time_s": state["elapsed"],
         "wall_time_s": time.perf_counter() - t_start,
         "tokens_per_s": state["tokens"] / max(state["elapsed"], 1e-9),
         "peak_memory_mb": _peak_memory_mb(device),
-        "strategy": strategy,
-        "workers": world,
-        "metric": task.metric,
-        # an untrained generator emits no valid label: T5's chance level is 0 (paper, SPEC §5)
-        "random_guess": 0.0 if info.family == "t5" else task.random_guess,
-        "lr": base_lr,
-        "task_type": task.type,
-        "task": task.name,
-        "model": info.name,
+    }
+
+
+def outcome(history: list[dict], tol: float) -> dict:
+    """Final and best score, steps run and steps to converge, from the eval curve."""
+    scores = [h["score"] for h in history]
+    return {
+        "final_score": scores[-1] if scores else float("nan"),
+        "best_score": max(scores) if scores else float("nan"),
+        "steps_to_converge": steps_to_converge([h["step"] for h in history], scores, tol),
+        "steps_run": history[-1]["step"] if history else 0,
     }
 
 
@@ -237,11 +255,22 @@ def check_config(cfg: TrainConfig) -> None:
     source = dict(data_dir=cfg.data_dir, source=cfg.data_source) if not cfg.custom else {}
     for split in ("train", "eval"):
         load_examples(task, split, limit=1, seed=cfg.seed, **source)
+    for target in cfg.transfer_tasks:
+        target_task = get_task(target)
+        if not (task.is_classification and target_task.is_classification):
+            raise UserError(f"zero-shot transfer {task.name} -> {target} needs classification tasks on both sides")
+        load_examples(target_task, "eval", limit=1, seed=cfg.seed, data_dir=cfg.data_dir, source=cfg.data_source)
+
+
+def evaluate(model, task: Task, data, family: str, pad_id: int, batch_size: int, device, tokenizer) -> float:
+    """The task's metric on ``data``."""
+    return float(score(task, predict(model, task, data, family, pad_id, batch_size, device, tokenizer), data.examples))
 
 
 @torch.no_grad()
-def evaluate(model, task: Task, data, family: str, pad_id: int, batch_size: int, device, tokenizer) -> float:
-    """The task's metric on ``data``, split over the workers.
+def predict(model, task: Task, data, family: str, pad_id: int, batch_size: int, device, tokenizer) -> list:
+    """Predictions for ``data`` (label ids, -1 for an invalid generation, or texts), split
+    over the workers and gathered on every rank.
 
     Every rank runs the same number of batches (the last rank pads with repeats, which are
     dropped), because FSDP gathers weights collectively on every forward.
@@ -271,7 +300,28 @@ def evaluate(model, task: Task, data, family: str, pad_id: int, batch_size: int,
         gathered = [None] * world
         dist.all_gather_object(gathered, preds)
         preds = [p for part in gathered for p in part]
-    return float(score(task, preds, data.examples))
+    return preds
+
+
+def evaluate_transfer(model, source: Task, target_name: str, cfg: TrainConfig, family: str, tokenizer, device) -> float:
+    """Zero-shot transfer: the model trained on ``source`` predicts on ``target``; both label
+    sets are mapped to the unified one (negative / not-entailment / false -> 0, positive /
+    entailment / true -> 1) and examples without a unified label are left out."""
+    from apet_ray.tasks import Example
+
+    target = get_task(target_name)
+    if not (source.is_classification and target.is_classification):
+        raise ValueError("transfer needs classification tasks on both sides")
+    source_kw = dict(data_dir=cfg.data_dir, source=cfg.data_source)
+    examples = [e for e in load_examples(target, "eval", limit=cfg.eval_limit, seed=cfg.seed, **source_kw)
+                if target.to_unified(e.label) is not None]
+    # present the target's inputs as the source task's (its prefix and label words)
+    as_source = [Example(inputs=(" ".join(e.inputs),) if len(source.text_columns) == 1 else (e.inputs + ("",))[:2],
+                         label=0) for e in examples]
+    data = encode(source, as_source, tokenizer, family, cfg.max_input_len)
+    preds = predict(model, source, data, family, tokenizer.pad_token_id, cfg.batch_size * 2, device, tokenizer)
+    hits = [source.to_unified(p) == target.to_unified(e.label) if p >= 0 else False for p, e in zip(preds, examples)]
+    return sum(hits) / max(len(hits), 1)
 
 
 def _label_token_ids(task: Task, tokenizer) -> list[list[int]]:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from apet_ray.delta.functional import masked_add_linear
 from apet_ray.delta.masked import MaskedTensor
 from apet_ray.delta.ops import LowRank, Plugin
 
@@ -41,17 +42,13 @@ class DeltaLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.base.weight, self.base.bias
-        block = None
-        if self.weight_delta is not None:
-            block = self.weight_delta.row_block()
-            if block is None:  # scattered: W + W~ as one dense weight
-                weight = weight + self.weight_delta().to(weight.dtype)
-        y = F.linear(x, weight, bias)
-        if block is not None:
-            # Adjacent rows: only the touched output rows need the extra product, so the
-            # weight gradient is O(rows x in), not O(out x in).
-            r0, r1, rows = block
-            y = torch.cat([y[..., :r0], y[..., r0:r1] + F.linear(x, rows.to(x.dtype)), y[..., r1:]], dim=-1)
+        wd = self.weight_delta
+        if wd is not None:
+            # one product with W + W~; backward computes the values gradient only where the
+            # mask is (the touched rows when adjacent) -- see apet_ray.delta.functional
+            y = masked_add_linear(x, weight, bias, wd.values, wd.indices, wd.run_start)
+        else:
+            y = F.linear(x, weight, bias)
         if self.bias_delta is not None:
             y = y + self.bias_delta().to(y.dtype)
         if self.lowrank is not None:

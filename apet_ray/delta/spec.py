@@ -67,14 +67,16 @@ class DeltaSpec:
         """APET: ``op`` with an ``distribution`` mask holding exactly ``budget`` values, or as
         many as PET method ``match`` trains on the same model.
 
-        Default positions: the matched method's when it uses the same op (so APET differs
-        from it only in its masks), otherwise the op's own default.
+        Default positions: for concat and plugin, the matched method's when it uses the same
+        op (so APET differs from it only in its masks and size); otherwise the op's own
+        default. Add always defaults to the linear weights (the authors' BERT variant masked
+        the model's own weights): on BitFit's biases a matched budget would fill every entry.
         """
         if op not in OPS:
             raise UserError(f"unknown op {op!r} (known: {', '.join(OPS)})")
         if positions is None:
             matched = DeltaSpec.pet(match) if match is not None and match in PET_METHODS else None
-            if matched is not None and matched.op == op and match != "ft":
+            if matched is not None and matched.op == op and op != "add":
                 positions = matched.positions
             else:
                 positions = {"add": ("linear",), "concat": ("query", "value"), "plugin": ("attn_out", "ffn_out")}[op]

@@ -164,6 +164,9 @@ def _load_hub_or_fallback(task: Task, split: str, fallback: bool) -> list[Exampl
 
 
 def _load_hub(task: Task, split: str) -> list[Example]:
+    from apet_ray.hub import hub_reachable
+
+    hub_reachable()  # offline: switches the clients to the local cache before they import
     import datasets  # slow to import; only the hub path needs it
 
     assert task.hub_path is not None

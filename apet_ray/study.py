@@ -1,0 +1,301 @@
+"""Studies on Ray Tune: each trial is a Ray Train run; results go to Parquet.
+
+A study is a list of ``TrainConfig``s (the grid, built by a script in ``experiments/``)
+plus how to run it. ``run_study`` validates every trial before Ray starts, then runs a
+Tune experiment whose function trainable drives a ``TorchTrainer`` (the Train V2 pattern)
+with ASHA on the eval score, and a driver-side callback writes one Parquet file per
+trial as it ends -- finished or stopped early -- so a crash never tears a file and a
+resumed study never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from apet_ray.errors import UserError
+from apet_ray.train import TrainConfig, check_config, config_from_dict, config_to_dict, outcome
+
+
+@dataclass
+class StudyConfig:
+    study: str
+    results: str = "results"
+    address: str | None = None
+    resume: bool = False
+    asha: bool = True
+    grace_evals: int = 2  # ASHA's first rung, in evaluations
+    max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs hold
+    cpus_per_worker: float | None = None  # None: 0.9 locally (0.1 is the trial driver's), 1 on a cluster
+    report: bool = True  # write the report at the end
+    extra: dict = field(default_factory=dict)  # study-specific facts recorded with the results
+
+
+# ---- the command line every study script shares ------------------------------------------
+
+def study_arguments(description: str, defaults: dict) -> argparse.ArgumentParser:
+    """Flags shared by the scripts; ``defaults`` is the embedded small study."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", help="YAML file with any of these options (flags override it)")
+    p.add_argument("--models", help="comma-separated model names or paths")
+    p.add_argument("--tasks", help="comma-separated task names")
+    p.add_argument("--seeds", help="comma-separated seeds (a grid axis)")
+    p.add_argument("--data-dir")
+    p.add_argument("--data-source", choices=["auto", "dir", "hub", "packaged"])
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--eval-limit", type=int)
+    p.add_argument("--workers", type=int, help="Ray Train workers per trial")
+    p.add_argument("--strategy", help="auto, none, ddp or fsdp")
+    p.add_argument("--results", help="results folder (Parquet tables and Ray's files)")
+    p.add_argument("--address", help="Ray cluster address (default: start Ray here)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study in --results")
+    p.add_argument("--no-asha", action="store_true", help="run every trial to the end")
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--no-report", action="store_true")
+    p.set_defaults(**defaults)
+    return p
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise UserError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
+        given = {a.dest for a in parser._actions if any(opt in (argv if argv is not None else sys.argv[1:]) for opt in a.option_strings)}
+        for key, value in data.items():
+            if key not in given:
+                setattr(args, key, ",".join(map(str, value)) if isinstance(value, list) else value)
+    return args
+
+
+def csv(value) -> list[str]:
+    if value is None:
+        return []
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise UserError(f"empty list {value!r}")
+    return items
+
+
+def seeds(value) -> list[int]:
+    try:
+        return [int(s) for s in csv(value)]
+    except ValueError:
+        raise UserError(f"seeds must be whole numbers, not {value!r}") from None
+
+
+def base_config(args: argparse.Namespace, model: str, task: str, seed: int, **kw) -> TrainConfig:
+    """A trial's TrainConfig from the shared flags."""
+    for name in ("max_steps", "eval_every", "batch_size", "workers"):
+        value = getattr(args, name)
+        if not isinstance(value, int) or value < (0 if name == "workers" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, not {value!r}")
+    return TrainConfig(
+        model=model, task=task, seed=seed, data_dir=args.data_dir, data_source=args.data_source,
+        max_steps=args.max_steps, eval_every=args.eval_every, batch_size=args.batch_size,
+        train_limit=args.train_limit, eval_limit=args.eval_limit, workers=args.workers,
+        strategy=args.strategy, **kw,
+    ).with_absolute_paths()
+
+
+def study_config(args: argparse.Namespace, study: str, **extra) -> StudyConfig:
+    return StudyConfig(study=study, results=args.results, address=args.address, resume=args.resume,
+                       asha=not args.no_asha, max_concurrent=args.max_concurrent, report=not args.no_report,
+                       extra=extra)
+
+
+# ---- identity of a trial -------------------------------------------------------------------
+
+def trial_id(cfg: TrainConfig, study: str) -> str:
+    """Stable across restarts: the same grid point always writes the same files."""
+    spec = cfg.spec
+    digest = hashlib.sha1(json.dumps(config_to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    what = spec.method if spec.method != "apet" else f"apet-{spec.op}-{spec.distribution}-{spec.match or spec.budget}"
+    model = Path(cfg.model).name.replace("_", "-")
+    return f"{study}-{model}-{cfg.task}-{what}-s{cfg.seed}-{digest}"
+
+
+# ---- validation, before Ray ------------------------------------------------------------------
+
+def validate(study: StudyConfig, trials: list[TrainConfig]) -> None:
+    from apet_ray.launch import check_address
+
+    if not trials:
+        raise UserError("the study has no trials")
+    check_address(study.address)
+    seen = set()
+    for cfg in trials:
+        check_config(cfg)
+        tid = trial_id(cfg, study.study)
+        if tid in seen:
+            raise UserError(f"trial {tid} appears twice in the grid")
+        seen.add(tid)
+    tune_dir = Path(study.results).resolve() / "ray" / study.study
+    if tune_dir.exists() and not study.resume:
+        raise UserError(f"{tune_dir} holds an earlier run of {study.study}: add --resume to continue it, or use another --results")
+    if study.resume and not tune_dir.exists():
+        raise UserError(f"nothing to resume: {tune_dir} does not exist")
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+def tune_trial(config: dict) -> None:
+    """The Tune function trainable: one Ray Train run (Train V2 pattern, STACK.md)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from apet_ray.launch import make_trainer
+
+    cfg = config_from_dict(config["trial"]["train"])
+    trainer = make_trainer(cfg, storage_path=config["train_storage"], name=config["trial"]["trial_id"],
+                           max_failures=1, cpus_per_worker=config["cpus_per_worker"],
+                           use_gpu=config["use_gpu"], callbacks=[TuneReportCallback()])
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+def _writer_class():
+    from ray.tune import Callback
+
+    class ResultsWriter(Callback):
+        """Driver side: one Parquet file per table per trial, when the trial ends."""
+
+        def __init__(self, results: Path, study: str, code_version: str):
+            self.results, self.study, self.code_version = results, study, code_version
+            self.written = 0
+            self.ids: list[str] = []
+
+        def _write(self, trial, status: str) -> None:
+            from apet_ray.results import rows_from_run, write_trial
+
+            last = trial.last_result or {}
+            if "history" not in last or "run" not in last:
+                print(f"[apet-ray] trial {trial.config['trial']['trial_id']} ended ({status}) before its first evaluation: "
+                      "no results written", flush=True)
+                return
+            cfg = trial.config["trial"]["train"]
+            summary = {**last["run"], **{k: last[k] for k in ("trainable_params", "delta_params", "total_params")},
+                       "requested_params": last.get("requested_params"), "history": last["history"],
+                       **outcome(last["history"], last["run"]["converge_tol"]),
+                       "wall_time_s": float(last.get("time_total_s", last["elapsed_s"]))}
+            if status == "finished" and summary["steps_run"] < cfg["max_steps"]:
+                status = "early_stopped"
+            tid = trial.config["trial"]["trial_id"]
+            row, curves = rows_from_run(summary, cfg, study=self.study, trial_id=tid, status=status,
+                                        code_version=self.code_version)
+            transfer = [
+                {"study": self.study, "model": summary["model"], "method": row["method"], "op": row["op"],
+                 "distribution": row["distribution"], "seed": row["seed"], "source_task": summary["task"],
+                 "target_task": target, "score": float(value)}
+                for target, value in (last.get("transfer") or {}).items()
+            ]
+            write_trial(self.results, tid, row, curves, transfer)
+            self.written += 1
+            self.ids.append(tid)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._write(trial, "finished")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._write(trial, "error")
+
+    return ResultsWriter
+
+
+def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_trials: int | None = None) -> Path:
+    """Validate, run on Ray Tune, write Parquet, print the report. Returns the results folder.
+
+    Without ``searcher`` the trials are the grid. With one (e.g. ``search.ThresholdSearcher``)
+    the searcher proposes the trials and ``trials`` only lists configs to validate up front.
+    """
+    validate(study, trials)
+
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from apet_ray.launch import code_version, init_ray
+
+    results = Path(study.results).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    init_ray(study.address)
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) > 0
+    workers = max(1, trials[0].workers)
+    local = study.address in (None, "", "local")
+    cpus_per_worker = study.cpus_per_worker or (0.9 if local and not use_gpu else 1.0)
+    per_trial = 0.1 + workers * cpus_per_worker
+    capacity = int(resources.get("GPU", 0) // workers) if use_gpu else int(resources.get("CPU", 1) // per_trial)
+    concurrent = max(1, min(study.max_concurrent or capacity, len(trials) if searcher is None else 2))
+    grid = [{"trial_id": trial_id(t, study.study), "train": config_to_dict(t)} for t in trials]
+    print(f"[apet-ray] {study.study}: {len(grid) if searcher is None else 'searched'} trials, up to {concurrent} at a time, "
+          f"{workers} worker(s) each{' on GPUs' if use_gpu else ''}; ASHA {'on' if study.asha else 'off'}; "
+          f"results in {results}; dashboard http://127.0.0.1:8265 (local)", flush=True)
+    (results / f"{study.study}.study.json").write_text(json.dumps(
+        {"study": study.study, "trials": [g["trial_id"] for g in grid], "extra": study.extra,
+         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "code_version": code_version()}, indent=2, default=str))
+
+    trainable = tune.with_resources(tune_trial, {"cpu": 0.1})
+    static = {"train_storage": str(results / "ray" / "train"), "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu}
+    param_space = {**static, "trial": tune.grid_search(grid)} if searcher is None else {}
+    if searcher is not None:
+        searcher.static = static
+    max_steps = max(t.max_steps for t in trials)
+    eval_every = min(t.eval_every for t in trials)
+    scheduler = ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=eval_every * study.grace_evals,
+                              reduction_factor=2) if study.asha else None
+    writer = _writer_class()(results, study.study, code_version())
+    tune_path = str(results / "ray")
+    if study.resume:
+        tuner = tune.Tuner.restore(str(results / "ray" / study.study), trainable=trainable,
+                                   resume_unfinished=True, resume_errored=True, param_space=param_space)
+        # callbacks are not saved with the experiment: the writer comes back through the run config
+        tuner._local_tuner._run_config.callbacks = [writer]
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=scheduler if searcher is None else None,
+                                        max_concurrent_trials=concurrent, search_alg=searcher,
+                                        num_samples=(max_trials or -1) if searcher is not None else 1),
+            run_config=tune.RunConfig(name=study.study, storage_path=tune_path, callbacks=[writer], verbose=1),
+        )
+    started = time.time()
+    grid_result = tuner.fit()
+    errors = [r.error for r in grid_result if r.error is not None]
+    print(f"[apet-ray] {study.study} finished in {time.time() - started:.0f} s: {len(grid_result)} trials, "
+          f"{len(errors)} errors, {writer.written} written now; tables in {results}/trials, {results}/curves", flush=True)
+    if study.report:
+        from apet_ray.commands.report import run as report
+
+        report(argparse.Namespace(results_dir=str(results), out=None, score="final"))
+    return results
+
+
+def main(run) -> None:
+    """Run a study script's ``run()`` with user mistakes shown as one line."""
+    try:
+        run()
+    except UserError as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,127 @@
+"""E4 (paper Fig. 7): how many trainable parameters are needed?
+
+For each model x task x APET structure: full fine-tuning gives the reference score, then a
+bisection over a log-spaced grid of trainable-parameter counts finds the low threshold
+(fewest parameters beating random guessing by --margin) and the high threshold (fewest
+reaching FT within --tol), training a handful of counts instead of the whole grid.
+The thresholds, trials and training steps spent versus the dense grid are printed and
+saved to RESULTS/param_ablation.thresholds.json.
+
+    python experiments/param_ablation.py               # smoke size: MiniLM, frozen random head
+    python experiments/param_ablation.py --address auto --models google/t5-v1_1-small,google/t5-v1_1-xxl \\
+        --tasks sst2,rte --structures add-discrete,concat-adjacent --min-count 100 --max-count 10000000 \\
+        --max-steps 5000 --workers 8 --strategy fsdp
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from apet_ray.commands.report import run as report
+
+from apet_ray.delta import DeltaSpec
+from apet_ray.errors import UserError
+from apet_ray.results import read_results
+from apet_ray.search import SearchState, ThresholdSearcher, log_grid
+from apet_ray.study import (base_config, config_to_dict, csv, main, parse, run_study, seeds, study_arguments,
+                            study_config, trial_id)
+from apet_ray.train import check_config
+
+DEFAULTS = dict(
+    models="minilm", tasks="rotten_tomatoes", seeds="0", structures="add-discrete",
+    min_count=10, max_count=100_000, per_decade=4, margin=0.05, tol=0.02, head="frozen",
+    data_dir=None, data_source="auto", max_steps=100, eval_every=50, batch_size=32, train_limit=2000,
+    eval_limit=300, workers=1, strategy="auto", results="results/param_ablation",
+)
+
+
+def run(argv=None):
+    parser = study_arguments(__doc__.splitlines()[0], DEFAULTS)
+    parser.add_argument("--structures", help="APET op-distribution pairs, e.g. add-discrete,concat-adjacent")
+    parser.add_argument("--min-count", type=int)
+    parser.add_argument("--max-count", type=int)
+    parser.add_argument("--per-decade", type=int, help="grid points per factor of ten")
+    parser.add_argument("--margin", type=float, help="low threshold: score > random guess + margin")
+    parser.add_argument("--tol", type=float, help="high threshold: score >= FT score - tol")
+    parser.add_argument("--head", choices=["frozen", "trainable"],
+                        help="BERT classifier head; frozen keeps the count honest (a trained head alone beats chance)")
+    args = parse(parser, argv)
+    if not 0 < args.min_count < args.max_count:
+        raise UserError(f"need 0 < --min-count < --max-count, got {args.min_count} and {args.max_count}")
+    grid = log_grid(args.min_count, args.max_count, args.per_decade)
+    results = Path(args.results)
+    head = dict(train_head=args.head == "trainable")
+
+    def config(model, task, seed, spec):
+        return base_config(args, model, task, seed, spec=spec, **head)
+
+    # 1. the FT reference for every model x task x seed (a plain grid study)
+    ft = [config(m, t, s, DeltaSpec.pet("ft", seed=s)) for m in csv(args.models) for t in csv(args.tasks) for s in seeds(args.seeds)]
+    structures = [tuple(x.split("-")) for x in csv(args.structures)]
+    searches = [(m, t, s, op, dist) for m in csv(args.models) for t in csv(args.tasks) for s in seeds(args.seeds)
+                for op, dist in structures]
+    # validate every search's extremes now, so nothing starts when one of them cannot run
+    for m, t, s, op, dist in searches:
+        for count in (grid[0], grid[-1]):
+            check_config(config(m, t, s, DeltaSpec.apet(op, dist, budget=count, seed=s)))
+    ft_study = study_config(args, "param_ablation_ft")
+    ft_study.asha, ft_study.report = False, False
+    run_study(ft_study, ft)
+
+    # 2. one bisection study per model x task x seed x structure
+    summary = []
+    for m, t, s, op, dist in searches:
+        tables, _ = read_results(results)
+        trials = tables.trials
+        ref = config(m, t, s, DeltaSpec.pet("ft", seed=s))
+        same_model = trials.hparams.map(lambda h: json.loads(h)["model"] == ref.model) if not trials.empty else []
+        ft_rows = trials[(trials.method == "ft") & (trials.task == t) & (trials.seed == s) & same_model]
+        if ft_rows.empty:
+            raise UserError(f"no FT result for {m} / {t} / seed {s}: cannot search for the high threshold")
+        ft_score = float(ft_rows.final_score.iloc[0])
+        random_guess = float(ft_rows.random_guess.iloc[0])
+        state = SearchState.new(grid, random_guess, args.margin, ft_score, args.tol)
+        name = f"param_ablation-{Path(m).name}-{t}-{op}-{dist}-s{s}"
+        done = trials[trials.study == name] if not trials.empty else trials
+        for _, row in done.iterrows():  # a rerun resumes from the probes already written
+            if int(row.delta_params) in grid:
+                state.record(grid.index(int(row.delta_params)), float(row.final_score))
+
+        def make(count, m=m, t=t, s=s, op=op, dist=dist, name=name):
+            cfg = config(m, t, s, DeltaSpec.apet(op, dist, budget=count, seed=s))
+            return {"trial_id": trial_id(cfg, name), "train": config_to_dict(cfg)}
+
+        searcher = ThresholdSearcher(state, make)
+        if not (state.low.done and state.high.done):
+            study = study_config(args, name)
+            study.asha, study.report, study.resume = False, False, False
+            study.results = str(results)
+            _fresh_tune_dir(results, name)
+            run_study(study, [config(m, t, s, DeltaSpec.apet(op, dist, budget=grid[0], seed=s))], searcher=searcher)
+        probes = len(state.scores)
+        record = {
+            "model": m, "task": t, "seed": s, "structure": f"{op}-{dist}", "random_guess": random_guess,
+            "margin": args.margin, "ft_score": ft_score, "tol": args.tol, "grid": grid,
+            "low_threshold": state.threshold(state.low), "high_threshold": state.threshold(state.high),
+            "probes": {grid[i]: v for i, v in sorted(state.scores.items())}, "trials": probes,
+            "steps": probes * args.max_steps, "dense_grid_steps": len(grid) * args.max_steps,
+            "fraction_of_dense_grid": probes / len(grid),
+        }
+        summary.append(record)
+        print(f"[apet-ray] {m} / {t} / {op}-{dist} / seed {s}: low threshold {record['low_threshold']}, "
+              f"high threshold {record['high_threshold']} (FT {ft_score:.3f}, chance {random_guess:.2f}); "
+              f"{probes} of {len(grid)} grid counts trained = {100 * probes / len(grid):.0f}% of the dense grid's steps",
+              flush=True)
+    (results / "param_ablation.thresholds.json").write_text(json.dumps(summary, indent=2))
+    if not args.no_report:
+        report(argparse.Namespace(results_dir=str(results), out=None, score="final"))
+
+
+def _fresh_tune_dir(results: Path, name: str) -> None:
+    # the searcher, not Tune, carries the state of a resumed search: start Tune afresh
+    shutil.rmtree(results / "ray" / name, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,46 @@
+"""E2 (paper Fig. 5): does scale remove the effect of module structure?
+
+For every model and task: the four PET methods and full fine-tuning, plus APET-Adjacent
+and APET-Discrete with exactly each PET method's number of trainable parameters.
+
+    python experiments/structure_ablation.py                      # embedded default, offline, ~15 min on 2 cores
+    python experiments/structure_ablation.py --address auto \\
+        --models google/t5-v1_1-small,google/t5-v1_1-base,google/t5-v1_1-xxl \\
+        --tasks sst2,rte,mrpc --seeds 0,1,2 --max-steps 14000 --eval-every 500 --workers 8 --strategy fsdp
+"""
+
+from apet_ray.delta import DeltaSpec
+from apet_ray.study import base_config, csv, main, parse, run_study, seeds, study_arguments, study_config
+
+PET = ("prompt", "bitfit", "lora", "adapter")
+DEFAULTS = dict(  # the embedded default: the real offline model on real data, small enough for a laptop
+    models="minilm", tasks="rotten_tomatoes", seeds="0", methods=",".join(PET), distributions="adjacent,discrete",
+    data_dir=None, data_source="auto", max_steps=150, eval_every=50, batch_size=32, train_limit=3000,
+    eval_limit=400, workers=1, strategy="auto", results="results/structure_ablation",
+)
+
+
+def run(argv=None):
+    parser = study_arguments(__doc__.splitlines()[0], DEFAULTS)
+    parser.add_argument("--methods", help="PET methods to compare (each also matched by APET)")
+    parser.add_argument("--distributions", help="APET mask distributions")
+    args = parse(parser, argv)
+    trials = []
+    for model in csv(args.models):
+        for task in csv(args.tasks):
+            for seed in seeds(args.seeds):
+                trials.append(base_config(args, model, task, seed, spec=DeltaSpec.pet("ft", seed=seed)))
+                for method in csv(args.methods):
+                    pet = DeltaSpec.pet(method, seed=seed)
+                    trials.append(base_config(args, model, task, seed, spec=pet))
+                    for distribution in csv(args.distributions):
+                        apet = DeltaSpec.apet(pet.op, distribution, match=method, seed=seed)
+                        trials.append(base_config(args, model, task, seed, spec=apet))
+    # PET and its matched APET trials compare structures: ASHA would cut them at different steps
+    study = study_config(args, "structure_ablation")
+    study.asha = False if not args.no_asha and len(trials) <= 16 else study.asha
+    run_study(study, trials)
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,73 @@
+"""Malformed study configs are refused in one line before Ray starts."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import ray
+
+from apet_ray.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = str(ROOT / "tests" / "fixtures" / "data")
+TINY = ["--models", "tiny-bert", "--tasks", "sst2", "--data-dir", DATA, "--max-steps", "2", "--eval-every", "1",
+        "--no-report"]
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def with_flag(argv, flag, value):
+    out = list(argv)
+    if flag in out:
+        out[out.index(flag) + 1] = value
+    else:
+        out += [flag, value]
+    return out
+
+
+CASES = [
+    ("structure_ablation", with_flag(TINY, "--models", "no-such/model-xyz"), "cannot load model"),
+    ("structure_ablation", with_flag(TINY, "--models", "./missing-folder"), "does not exist"),
+    ("structure_ablation", with_flag(TINY, "--tasks", "sst3"), "unknown task"),
+    ("structure_ablation", TINY + ["--methods", "dora"], "unknown method"),
+    ("structure_ablation", TINY + ["--distributions", "sideways"], "unknown distribution"),
+    ("structure_ablation", with_flag(TINY, "--data-dir", "/no/such/dir"), "not found"),
+    ("structure_ablation", with_flag(TINY, "--max-steps", "0"), "max-steps"),
+    ("structure_ablation", TINY + ["--batch-size", "0"], "batch-size"),
+    ("structure_ablation", TINY + ["--strategy", "zero3"], "unknown strategy"),
+    ("structure_ablation", TINY + ["--seeds", "one,two"], "seeds must be whole numbers"),
+    ("structure_ablation", TINY + ["--address", "127.0.0.1:1"], "cannot reach a Ray cluster"),
+    ("structure_ablation", TINY + ["--config", "/no/such.yaml"], "not found"),
+    ("structure_ablation", with_flag(TINY, "--tasks", "samsum"), "classification only"),
+    ("pet_scaling", TINY + ["--methods", "lora,nope"], "unknown method"),
+    ("convergence", TINY + ["--match", "dora"], "cannot match unknown method"),
+    ("convergence", TINY + ["--ops", "glue"], "unknown op"),
+    ("transfer", with_flag(TINY, "--tasks", "sst2,samsum"), "classification tasks on both sides"),
+    ("param_ablation", TINY + ["--min-count", "100", "--max-count", "10"], "min-count"),
+    ("param_ablation", TINY + ["--max-count", "10000000000"], "larger than"),
+    ("param_ablation", TINY + ["--structures", "add-sideways"], "unknown distribution"),
+]
+
+
+@pytest.mark.parametrize("name,argv,message", CASES, ids=[f"{n}:{m}" for n, _, m in CASES])
+def test_malformed_config_is_refused_in_one_line_before_ray(name, argv, message, tmp_path):
+    argv = argv + ["--results", str(tmp_path / "results")]
+    with pytest.raises(UserError) as info:
+        script(name).run(argv)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert not ray.is_initialized()
+    assert not (tmp_path / "results" / "trials").exists()
+
+
+def test_bad_yaml_options_are_refused(tmp_path):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("models: [tiny-bert]\nbogus_option: 3\n")
+    with pytest.raises(UserError, match="unknown option"):
+        script("structure_ablation").run(TINY + ["--config", str(cfg), "--results", str(tmp_path / "r")])
+    assert not ray.is_initialized()
