@@ -165,6 +165,16 @@ def tune_trial(config: dict) -> None:
 
     from apet_ray.launch import make_trainer
 
+    from ray import tune
+
+    record = Path(config["results"]) / "trials" / f"{config['trial']['trial_id']}.parquet"
+    if record.exists():
+        # finished before an interruption that Tune's own state missed: never run it twice
+        import pandas as pd
+
+        row = pd.read_parquet(record).iloc[0]
+        tune.report({"score": float(row.final_score), "step": int(row.steps_run), "already_recorded": True})
+        return
     cfg = config_from_dict(config["trial"]["train"])
     trainer = make_trainer(cfg, storage_path=config["train_storage"], name=config["trial"]["trial_id"],
                            max_failures=1, cpus_per_worker=config["cpus_per_worker"],
@@ -189,6 +199,8 @@ def _writer_class():
             from apet_ray.results import rows_from_run, write_trial
 
             last = trial.last_result or {}
+            if last.get("already_recorded"):
+                return
             if "history" not in last or "run" not in last:
                 print(f"[apet-ray] trial {trial.config['trial']['trial_id']} ended ({status}) before its first evaluation: "
                       "no results written", flush=True)
@@ -256,7 +268,7 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "code_version": code_version()}, indent=2, default=str))
 
     trainable = tune.with_resources(tune_trial, {"cpu": 0.1})
-    static = {"train_storage": str(results / "ray" / "train"), "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu}
+    static = {"results": str(results), "train_storage": str(results / "ray" / "train"), "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu}
     param_space = {**static, "trial": tune.grid_search(grid)} if searcher is None else {}
     if searcher is not None:
         searcher.static = static

@@ -147,6 +147,7 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
     # ---- the loop --------------------------------------------------------------------------
     model.train()
     losses, tokens = [], 0
+    reported = False
     t_window = time.perf_counter()
     for step in range(state["step"], cfg.max_steps):
         rows = shard(global_batch(len(train_data), cfg.batch_size, step, cfg.seed), rank, world)
@@ -192,12 +193,18 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
             print(f"[apet-ray] step {done}/{cfg.max_steps}  loss {mean_loss:.4f}  {task.metric} {metric:.4f} "
                   f"(best {max(scores):.4f})  {metrics['tokens_per_s']:,.0f} tok/s  "
                   f"peak {metrics['peak_memory_mb']:,.0f} MB", flush=True)
+        state["last_metrics"] = {k: v for k, v in metrics.items() if k != "history"}
         report(metrics, checkpoint)
+        reported = True
         if checkpoint is not None:
             shutil.rmtree(checkpoint, ignore_errors=True)  # the reporter has copied it
         losses, tokens = [], 0
         t_window = time.perf_counter()
 
+    if not reported and "last_metrics" in state:
+        # restored from the final checkpoint (a restart after the last report): say it again,
+        # so whoever waits for the final result (Tune) gets it
+        report({**state["last_metrics"], "history": list(state["history"])}, None)
     frozen_unchanged = None
     if frozen_before is not None:
         frozen_unchanged = _frozen_checksum(frozen, world) == frozen_before

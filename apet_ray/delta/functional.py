@@ -86,6 +86,9 @@ class MaskedAddLinear(torch.autograd.Function):
         if dtype is not None:  # cast as autocast would, so the saved x is the cast one
             x, w, bias = _cast(x, dtype), _cast(w, dtype), _cast(bias, dtype)
         y = F.linear(x, w, bias)
+        if y._is_view():  # linear's 3-D + bias path returns addmm(...).view(...); a view
+            # output of a Function cannot be modified in place, so drop the view tracking
+            y = torch.ops.aten._unsafe_view(y, y.shape)
         ctx.save_for_backward(x, weight, values, indices)
         return y
 
@@ -104,9 +107,10 @@ class MaskedAddLinear(torch.autograd.Function):
                 del w
             out_f, in_f = weight.shape
             g2 = grad.reshape(-1, out_f)
-            x2 = x.reshape(-1, in_f).to(dtype)
             if need_b:
                 gb = g2.sum(0).to(ctx.bias_dtype)
+            if need_w or need_v:
+                x2 = x.reshape(-1, in_f).to(dtype)
             k = values.numel()
             full = None
             if need_w or (need_v and run_start is None and k > SAMPLED_MAX_DENSITY * weight.numel()):

@@ -164,6 +164,24 @@ def test_bf16_params_and_plain_tensor_values_as_under_fsdp2_mixed_precision(kind
         torch.testing.assert_close(a.double(), e, rtol=5e-2, atol=8e-2)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 5)])
+def test_output_can_be_modified_in_place(shape, bias):
+    """As F.linear's output can (transformers scale or add to projections in place)."""
+    indices = make_indices("discrete", 25)
+    x, weight, b, values, _ = inputs(torch.float64, 25)
+    x = torch.randn(*shape, SHAPE[1], dtype=torch.float64)
+    b = b if bias else None
+    grads = []
+    for fn in (lambda *a: masked_add_linear(*a, None), reference):
+        v = values.detach().requires_grad_(True)
+        y = fn(x, weight, b, v, indices)
+        y.mul_(2.0)
+        y.sum().backward()
+        grads.append(v.grad)
+    torch.testing.assert_close(grads[0], grads[1], **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("kind,k", [("adjacent", 25), ("discrete", 25)])
 def test_keeps_no_weight_sized_tensor_of_its_own_for_backward(kind, k):
     indices = make_indices(kind, k)
