@@ -31,7 +31,9 @@ def resolve_strategy(strategy: str, world: int, backbone_bytes: int, device: tor
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
     if world == 1:
-        return "none"
+        # one process: nothing to shard, unless FSDP is asked for by name (its code path,
+        # e.g. bf16 mixed precision, on a single GPU)
+        return "fsdp" if strategy == "fsdp" and dist.is_initialized() else "none"
     if strategy == "none":
         raise UserError(f"strategy 'none' runs one process, but {world} workers were asked for")
     if strategy != "auto":
@@ -75,3 +77,24 @@ def like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if isinstance(target, DTensor):
         return distribute_tensor(full.to(target.device, target.dtype), target.device_mesh, target.placements)
     return full.to(target.device, target.dtype)
+
+
+def all_reduce_sum(xs: list[float], world: int) -> list[float]:
+    if world == 1 or not xs:
+        return list(xs)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
+    t = torch.tensor(xs, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def frozen_checksum(frozen: list[torch.Tensor], world: int) -> list[float]:
+    """Exact fingerprint of every frozen tensor this rank holds (its shard under FSDP):
+    the sum and the position-weighted sum of the raw bits, gathered over ranks."""
+    sums = []
+    for p in frozen:
+        local = p.to_local() if isinstance(p, DTensor) else p
+        bits = local.detach().contiguous().view(-1).view(torch.int32 if local.element_size() == 4 else torch.int16).long()
+        weights = torch.arange(1, bits.numel() + 1, dtype=torch.long, device=bits.device)
+        sums += [float(bits.sum()), float((bits * weights).sum() % 1_000_000_007)]
+    return all_reduce_sum(sums, world)

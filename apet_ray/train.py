@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from apet_ray.data import collate, encode, global_batch, shard
 from apet_ray.delta import DeltaSpec, attach, count_backbone, count_deltas, count_trainable, load_state, read_deltas, save_deltas, trainable_state_dict
 from apet_ray.delta.masked import MaskedTensor
-from apet_ray.distributed import full_tensor, like, rank_and_world, resolve_strategy, unwrap, wrap
+from apet_ray.distributed import all_reduce_sum, frozen_checksum, full_tensor, like, rank_and_world, resolve_strategy, unwrap, wrap
 from apet_ray.models import DEFAULT_MODEL, build_model, load_tokenizer
 from apet_ray.tasks import Task, custom_task, get_task, load_examples, score
 
@@ -118,7 +118,7 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
     named = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
     # FSDP2 swaps registered parameters between sharded and unsharded: hold the sharded ones
     frozen = [p for p in unwrap(model).parameters() if not p.requires_grad]
-    frozen_before = _frozen_checksum(frozen, world) if cfg.verify_frozen else None
+    frozen_before = frozen_checksum(frozen, world) if cfg.verify_frozen else None
     base_lr, prompt_lr = cfg.learning_rates()
     groups = [
         {"params": [p for n, p in named.items() if not n.startswith("prompt.")], "lr": base_lr},
@@ -166,8 +166,8 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
             continue
         # ---- evaluate, checkpoint, report -------------------------------------------------
         window = time.perf_counter() - t_window
-        step_losses = [x / world for x in _all_reduce_sum(losses, world)]  # global mean loss of each step
-        mean_loss, tokens = sum(step_losses) / len(step_losses), _all_reduce_sum([tokens], world)[0]
+        step_losses = [x / world for x in all_reduce_sum(losses, world)]  # global mean loss of each step
+        mean_loss, tokens = sum(step_losses) / len(step_losses), all_reduce_sum([tokens], world)[0]
         state["losses"] += step_losses
         metric = evaluate(model, task, eval_data, info.family, pad_id, cfg.batch_size * 2, device, tokenizer)
         state["elapsed"] += window
@@ -207,7 +207,7 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
         report({**state["last_metrics"], "history": list(state["history"])}, None)
     frozen_unchanged = None
     if frozen_before is not None:
-        frozen_unchanged = _frozen_checksum(frozen, world) == frozen_before
+        frozen_unchanged = frozen_checksum(frozen, world) == frozen_before
     history = state["history"]
     return {
         **counts,
@@ -430,25 +430,3 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS of this process
-
-
-def _all_reduce_sum(xs: list[float], world: int) -> list[float]:
-    if world == 1 or not xs:
-        return list(xs)
-    t = torch.tensor(xs, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _frozen_checksum(frozen: list[torch.Tensor], world: int) -> list[float]:
-    """Exact fingerprint of every frozen tensor this rank holds (its shard under FSDP):
-    the sum and the position-weighted sum of the raw bits, gathered over ranks."""
-    from torch.distributed.tensor import DTensor
-
-    sums = []
-    for p in frozen:
-        local = p.to_local() if isinstance(p, DTensor) else p
-        bits = local.detach().contiguous().view(-1).view(torch.int32 if local.element_size() == 4 else torch.int16).long()
-        weights = torch.arange(1, bits.numel() + 1, dtype=torch.long, device=bits.device)
-        sums += [float(bits.sum()), float((bits * weights).sum() % 1_000_000_007)]
-    return _all_reduce_sum(sums, world)
