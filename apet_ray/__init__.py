@@ -3,8 +3,8 @@
 The public surface is small (see ``apet_ray.delta``):
 
     spec = DeltaSpec.pet("lora")            # or DeltaSpec.apet(op="add", distribution="discrete", budget=8000)
-    deltas = attach(model, spec, seed=0)    # freezes the model, inserts masked trainable weights
-    count_trainable(model)                  # exact, from the masks
+    plan = attach(model, spec)              # freezes the backbone, inserts masked trainable weights
+    count_deltas(model)                     # exact, from the masks (== plan.count)
     save_deltas(model, "run/deltas.safetensors")
 """
 

@@ -15,8 +15,12 @@ from urllib.parse import urlparse
 from apet_ray.errors import UserError
 from apet_ray.train import TrainConfig, config_to_dict, ray_train_loop
 
-# ray.train.report blocks ~2 s per call at Ray's default health-check interval (STACK.md)
-RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+RAY_ENV = {
+    # ray.train.report blocks ~2 s per call at Ray's default health-check interval (STACK.md)
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # Train V2 copies print() into its log files and echoes it again: progress lines came twice
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
 
 
 def check_address(address: str | None) -> None:

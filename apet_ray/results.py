@@ -403,7 +403,7 @@ def rows_from_run(summary: Mapping, config: Mapping, study: str, trial_id: str, 
         "trial_id": trial_id,
         "total_params": int(summary["total_params"]),
         "task": summary["task"],
-        "task_type": summary["task_type"],
+        "task_type": summary["task_type"].upper(),  # SA, NLI, PI, QA, SUM as in the paper and the report
         "match": spec["match"] if is_apet else None,
         "requested_params": summary["requested_params"] if is_apet else None,
         "trainable_params": int(summary["trainable_params"]),

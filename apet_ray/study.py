@@ -53,6 +53,7 @@ def study_arguments(description: str, defaults: dict) -> argparse.ArgumentParser
     p.add_argument("--batch-size", type=int)
     p.add_argument("--train-limit", type=int)
     p.add_argument("--eval-limit", type=int)
+    p.add_argument("--max-input-len", type=int, help="truncate inputs (default: the task's, 128 or 256)")
     p.add_argument("--workers", type=int, help="Ray Train workers per trial")
     p.add_argument("--strategy", help="auto, none, ddp or fsdp")
     p.add_argument("--results", help="results folder (Parquet tables and Ray's files)")
@@ -113,7 +114,8 @@ def base_config(args: argparse.Namespace, model: str, task: str, seed: int, **kw
     return TrainConfig(
         model=model, task=task, seed=seed, data_dir=args.data_dir, data_source=args.data_source,
         max_steps=args.max_steps, eval_every=args.eval_every, batch_size=args.batch_size,
-        train_limit=args.train_limit, eval_limit=args.eval_limit, workers=args.workers,
+        train_limit=args.train_limit, eval_limit=args.eval_limit, max_input_len=getattr(args, "max_input_len", None),
+        workers=args.workers,
         strategy=args.strategy, **kw,
     ).with_absolute_paths()
 

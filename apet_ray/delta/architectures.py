@@ -111,7 +111,7 @@ FAMILIES = (BERT, T5)
 # Roles that are not a module inside blocks but a group the engine expands itself.
 GROUP_ROLES = {
     "linear": "every linear layer of every block (attention, cross-attention, feed-forward)",
-    "biases": "every bias term: linear layers and norms (added, zero-initialised, where missing)",
+    "biases": "every bias term of linear layers (added, zero-initialised, where missing) and of norms that have one",
     "embeddings": "the input token embeddings (a prompt is prepended here)",
     "all": "every parameter of the backbone (full fine-tuning)",
 }

