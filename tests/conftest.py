@@ -1,50 +1,7 @@
-"""Shared fixtures: tiny random-initialised BERT and T5 models (mechanics only)."""
-
-from __future__ import annotations
-
-import os
-from pathlib import Path
+"""Fixtures shared by every test folder (helpers live in support.py)."""
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, T5Config, T5ForConditionalGeneration
-
-from apet_ray.models import EncoderClassifier, Seq2SeqLM
-
-SHARED = Path(os.environ.get("APET_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve()
-
-
-def bert_config(**kw) -> BertConfig:
-    base = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                max_position_embeddings=256, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return BertConfig(**{**base, **kw})
-
-
-def t5_config(**kw) -> T5Config:
-    base = dict(vocab_size=120, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2, num_decoder_layers=2,
-                feed_forward_proj="gated-gelu", dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    return T5Config(**{**base, **kw})
-
-
-def tiny_bert(seed: int = 0) -> BertModel:
-    torch.manual_seed(seed)
-    return BertModel(bert_config(), add_pooling_layer=False).eval()
-
-
-def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
-    torch.manual_seed(seed)
-    return T5ForConditionalGeneration(t5_config()).eval()
-
-
-def tiny_classifier(seed: int = 0) -> EncoderClassifier:
-    model = EncoderClassifier(tiny_bert(seed), num_labels=2)
-    torch.manual_seed(seed)
-    model.head[1].reset_parameters()
-    return model.eval()
-
-
-def tiny_seq2seq(seed: int = 0) -> Seq2SeqLM:
-    return Seq2SeqLM(tiny_t5(seed)).eval()
 
 
 @pytest.fixture
@@ -54,10 +11,3 @@ def batch() -> dict[str, torch.Tensor]:
     mask = torch.ones_like(ids)
     mask[2, 5:] = 0
     return {"input_ids": ids, "attention_mask": mask}
-
-
-def shared_or_skip(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is not on this machine")
-    return path

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from apet_ray.cli import main
-from conftest import shared_or_skip
+from support import shared_or_skip
 
 
 def params(capsys, *argv):

@@ -4,7 +4,7 @@ import torch
 from apet_ray.delta import DeltaSpec, attach, count_backbone, count_deltas, count_trainable, make_plan
 from apet_ray.delta.layers import DeltaLinear
 from apet_ray.errors import UserError
-from conftest import tiny_bert, tiny_classifier, tiny_seq2seq, tiny_t5
+from support import tiny_bert, tiny_classifier, tiny_seq2seq, tiny_t5
 
 # closed-form counts for the conftest configs (d=32, d_ff=48, 2 layers; T5: 2+2 blocks)
 EXPECTED = {

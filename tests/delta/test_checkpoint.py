@@ -3,7 +3,7 @@ import torch
 
 from apet_ray.delta import DeltaSpec, attach, load_deltas, save_deltas, spec_of
 from apet_ray.errors import UserError
-from conftest import tiny_classifier, tiny_seq2seq
+from support import tiny_classifier, tiny_seq2seq
 
 
 def perturb(model):

@@ -6,7 +6,7 @@ import torch
 
 from apet_ray.delta import DeltaSpec, attach, trainable_state_dict
 from apet_ray.delta.masked import MaskedTensor
-from conftest import tiny_classifier
+from support import tiny_classifier
 
 
 @pytest.mark.parametrize("op", ["add", "concat", "plugin"])

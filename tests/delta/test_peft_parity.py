@@ -7,7 +7,7 @@ peft = pytest.importorskip("peft")
 
 from apet_ray.delta import DeltaSpec, attach, count_deltas  # noqa: E402
 from apet_ray.delta.layers import DeltaLinear  # noqa: E402
-from conftest import tiny_bert, tiny_t5  # noqa: E402
+from support import tiny_bert, tiny_t5  # noqa: E402
 
 TARGETS = {"bert": r".*attention\.self\.(query|value)", "t5": r".*SelfAttention\.(q|v)"}
 
