@@ -51,6 +51,8 @@ def study_arguments(description: str, defaults: dict) -> argparse.ArgumentParser
     p.add_argument("--max-steps", type=int)
     p.add_argument("--eval-every", type=int)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate (default: the paper's, 3e-4; 5e-5 on RTE)")
+    p.add_argument("--prompt-lr", type=float, help="soft-prompt learning rate (default: the paper's, 3e-2)")
     p.add_argument("--train-limit", type=int)
     p.add_argument("--eval-limit", type=int)
     p.add_argument("--max-input-len", type=int, help="truncate inputs (default: the task's, 128 or 256)")
@@ -114,6 +116,7 @@ def base_config(args: argparse.Namespace, model: str, task: str, seed: int, **kw
     return TrainConfig(
         model=model, task=task, seed=seed, data_dir=args.data_dir, data_source=args.data_source,
         max_steps=args.max_steps, eval_every=args.eval_every, batch_size=args.batch_size,
+        lr=getattr(args, "lr", None), prompt_lr=getattr(args, "prompt_lr", None),
         train_limit=args.train_limit, eval_limit=args.eval_limit, max_input_len=getattr(args, "max_input_len", None),
         workers=args.workers,
         strategy=args.strategy, **kw,

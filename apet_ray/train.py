@@ -43,7 +43,8 @@ class TrainConfig:
     custom: dict | None = None  # bring-your-own task: keyword arguments of tasks.custom_task
     seed: int = 0
     batch_size: int = 32  # global, split over the workers
-    lr: float | None = None  # None: the paper's (3e-4; 3e-2 for soft prompts; 5e-5 on RTE)
+    lr: float | None = None  # None: the paper's (3e-4; 5e-5 on RTE)
+    prompt_lr: float | None = None  # soft prompts; None: the paper's (3e-2; 5e-5 on RTE)
     weight_decay: float = 0.01
     max_steps: int = 300
     eval_every: int = 50
@@ -70,12 +71,10 @@ class TrainConfig:
         return custom_task(**self.custom) if self.custom else get_task(self.task)
 
     def learning_rates(self) -> tuple[float, float]:
-        """(base, soft-prompt) learning rates, the paper's unless ``lr`` is given."""
-        if self.lr is not None:
-            return self.lr, self.lr
-        if self.resolve_task().name == "rte":
-            return 5e-5, 5e-5
-        return 3e-4, 3e-2
+        """(base, soft-prompt) learning rates: the paper's unless ``lr`` / ``prompt_lr`` are given."""
+        paper = (5e-5, 5e-5) if self.resolve_task().name == "rte" else (3e-4, 3e-2)
+        return (self.lr if self.lr is not None else paper[0],
+                self.prompt_lr if self.prompt_lr is not None else paper[1])
 
 
 def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> dict:
@@ -252,8 +251,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"unknown strategy {cfg.strategy!r} (known: {', '.join(STRATEGIES)})")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"unknown precision {cfg.precision!r} (known: auto, fp32, bf16)")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise UserError(f"learning rate must be positive, not {cfg.lr}")
+    for name in ("lr", "prompt_lr"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise UserError(f"{name} must be positive, not {value}")
     task = cfg.resolve_task()
     model, info = build_model(cfg.model, num_labels=task.num_labels if task.is_classification else None, device="meta")
     if info.family == "bert" and not task.is_classification:

@@ -13,8 +13,8 @@ from apet_ray.study import base_config, csv, main, parse, run_study, seeds, stud
 
 DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", match="lora", ops="add",
-    data_dir=None, data_source="auto", max_steps=200, eval_every=25, batch_size=32, train_limit=3000,
-    eval_limit=300, workers=1, strategy="auto", results="results/convergence",
+    data_dir=None, data_source="auto", max_steps=80, eval_every=10, batch_size=16, train_limit=2000,
+    eval_limit=200, max_input_len=64, workers=1, strategy="auto", results="results/convergence",
 )
 
 

@@ -31,8 +31,8 @@ from apet_ray.train import check_config
 DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", structures="add-discrete",
     min_count=10, max_count=100_000, per_decade=4, margin=0.05, tol=0.02, head="frozen",
-    data_dir=None, data_source="auto", max_steps=100, eval_every=50, batch_size=32, train_limit=2000,
-    eval_limit=300, workers=1, strategy="auto", results="results/param_ablation",
+    data_dir=None, data_source="auto", max_steps=40, eval_every=20, batch_size=16, train_limit=2000,
+    eval_limit=200, max_input_len=64, workers=1, strategy="auto", results="results/param_ablation",
 )
 
 

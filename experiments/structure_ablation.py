@@ -3,7 +3,7 @@
 For every model and task: the four PET methods and full fine-tuning, plus APET-Adjacent
 and APET-Discrete with exactly each PET method's number of trainable parameters.
 
-    python experiments/structure_ablation.py                      # embedded default, offline, ~15 min on 2 cores
+    python experiments/structure_ablation.py                      # embedded default, offline, < 15 min on 2 cores
     python experiments/structure_ablation.py --address auto \\
         --models google/t5-v1_1-small,google/t5-v1_1-base,google/t5-v1_1-xxl \\
         --tasks sst2,rte,mrpc --seeds 0,1,2 --max-steps 14000 --eval-every 500 --workers 8 --strategy fsdp
@@ -13,10 +13,14 @@ from apet_ray.delta import DeltaSpec
 from apet_ray.study import base_config, csv, main, parse, run_study, seeds, study_arguments, study_config
 
 PET = ("prompt", "bitfit", "lora", "adapter")
-DEFAULTS = dict(  # the embedded default: the real offline model on real data, small enough for a laptop
+# The embedded default: the real offline model on real data, small enough for a laptop
+# (< 15 min on 2 cores). With only 30 steps it trains at lr 2e-3 instead of the paper's
+# 3e-4 (soft prompts keep 3e-2); paper-scale runs leave --lr out.
+DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", methods=",".join(PET), distributions="adjacent,discrete",
-    data_dir=None, data_source="auto", max_steps=40, eval_every=20, batch_size=32, train_limit=2000,
-    eval_limit=300, max_input_len=64, workers=1, strategy="auto", results="results/structure_ablation",
+    lr=2e-3,
+    data_dir=None, data_source="auto", max_steps=30, eval_every=15, batch_size=16, train_limit=2000,
+    eval_limit=200, max_input_len=64, workers=1, strategy="auto", results="results/structure_ablation",
 )
 
 

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     byo.add_argument("--target-column", help="generation target column")
     add_spec_arguments(p)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, help="default: the paper's (3e-4; 3e-2 soft prompts; 5e-5 on RTE)")
+    p.add_argument("--lr", type=float, help="default: the paper's (3e-4; 5e-5 on RTE)")
+    p.add_argument("--prompt-lr", type=float, help="soft prompts; default: the paper's (3e-2; 5e-5 on RTE)")
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--train-limit", type=int, help="use a seeded subset of this many training examples")
@@ -52,7 +53,7 @@ def config_from_args(args: argparse.Namespace):
                       label_column=args.label_column, target_column=args.target_column, eval_path=args.eval_file)
     return TrainConfig(
         model=args.model, task=args.task, spec=spec_from_args(args), data_dir=args.data_dir,
-        data_source=args.data_source, custom=custom, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+        data_source=args.data_source, custom=custom, seed=args.seed, batch_size=args.batch_size, lr=args.lr, prompt_lr=args.prompt_lr,
         max_steps=args.max_steps, eval_every=args.eval_every, train_limit=args.train_limit,
         eval_limit=args.eval_limit, workers=args.workers, strategy=args.strategy, precision=args.precision,
     ).with_absolute_paths()
