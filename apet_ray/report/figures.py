@@ -53,6 +53,14 @@ def _panels(n: int, width: float = 4.6, height: float = 3.6, max_cols: int = 3) 
     return fig, axes[:n]
 
 
+def _title(fig, text: str) -> None:
+    """A suptitle wrapped to the figure's width (single-panel figures are narrow)."""
+    import textwrap
+
+    chars = max(30, int(fig.get_figwidth() * 9))  # about 9 characters per inch at the default size
+    fig.suptitle(textwrap.fill(text, chars))
+
+
 def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
     fig.savefig(paths[0], dpi=120)
@@ -132,7 +140,7 @@ def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
         ax.set_title(f"{task} ({family})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Fig. 3 — PET methods vs model scale (mean ± std over seeds)")
+    _title(fig, "Fig. 3 — PET methods vs model scale (mean ± std over seeds)")
     return _save(fig, out_dir, "fig3_scaling")
 
 
@@ -200,7 +208,7 @@ def fig5_structure(data: ReportData, out_dir: Path) -> list[Path]:
         ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=colors[s], label=s) for s in structures]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
-    fig.suptitle("Fig. 5 — module structure at equal parameter count (mean ± std over seeds; y axis cut)")
+    _title(fig, "Fig. 5 — module structure at equal parameter count (mean ± std over seeds; y axis cut)")
     return _save(fig, out_dir, "fig5_structure")
 
 
@@ -269,7 +277,7 @@ def fig6_convergence(data: ReportData, out_dir: Path) -> list[Path]:
         ax.set_ylabel(_panel_metric(group))
         ax.set_title(f"{task} · {model}")
         ax.grid(alpha=0.3)
-    fig.suptitle("Fig. 6 — convergence of APET-Adjacent vs APET-Discrete at equal count (mean over seeds)")
+    _title(fig, "Fig. 6 — convergence of APET-Adjacent vs APET-Discrete at equal count (mean over seeds)")
     return _save(fig, out_dir, "fig6_convergence")
 
 
@@ -320,7 +328,7 @@ def fig7_params(data: ReportData, out_dir: Path) -> list[Path]:
         ax.set_ylabel(_panel_metric(panel_trials))
         ax.set_title(f"{task} · {model} ({human(group['total_params'].iloc[0])})")
         ax.grid(alpha=0.3)
-    fig.suptitle("Fig. 7 — score vs number of trainable parameters (mean ± std over seeds)")
+    _title(fig, "Fig. 7 — score vs number of trainable parameters (mean ± std over seeds)")
     return _save(fig, out_dir, "fig7_params")
 
 
@@ -369,7 +377,7 @@ def fig9_transfer(data: ReportData, out_dir: Path) -> list[Path]:
         ax.set_ylabel("source task (trained on) [type]")
         ax.set_title(f"{model} · {label}")
         fig.colorbar(image, ax=ax, label="relative transfer (% of in-task score)")
-    fig.suptitle("Fig. 9 — zero-shot transfer relative to in-task score (mean over seeds)")
+    _title(fig, "Fig. 9 — zero-shot transfer relative to in-task score (mean over seeds)")
     return _save(fig, out_dir, "fig9_transfer")
 
 
