@@ -63,13 +63,13 @@ def _title(fig, text: str) -> None:
 
 def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=120)
+    fig.savefig(paths[0], dpi=120, bbox_inches="tight")  # keep legends placed outside the axes
     # the constrained layout was solved while drawing the PNG; freeze it rather than solve it
     # again for the SVG (layout is about half the drawing time)
     fig.set_layout_engine("none")
     # text stays text in the SVG (editable, searchable) instead of becoming glyph outlines
     with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(paths[1])
+        fig.savefig(paths[1], bbox_inches="tight")
     return paths
 
 
@@ -207,7 +207,7 @@ def fig5_structure(data: ReportData, out_dir: Path) -> list[Path]:
         ax.set_title(f"{task} · {model}")
         ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=colors[s], label=s) for s in structures]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2))
     _title(fig, "Fig. 5 — module structure at equal parameter count (mean ± std over seeds; y axis cut)")
     return _save(fig, out_dir, "fig5_structure")
 
