@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from apet_ray.delta import spec
 from apet_ray.errors import UserError
 
 SCHEMA_VERSION = "1"
@@ -122,10 +123,10 @@ SCHEMAS: dict[str, pa.Schema] = {
 TABLES = ("trials", "curves", "transfer")
 
 # closed vocabularies; a typo here would silently drop a trial from every figure
-METHODS = ("prompt", "bitfit", "lora", "adapter", "ft", "apet")
-PET_METHODS = ("prompt", "bitfit", "lora", "adapter")
-OPS = ("add", "concat", "plugin")
-DISTRIBUTIONS = ("adjacent", "discrete")
+METHODS = spec.METHODS
+PET_METHODS = tuple(m for m in spec.PET_METHODS if m != "ft")  # what an APET trial can match
+OPS = spec.OPS
+DISTRIBUTIONS = tuple(d for d in spec.DISTRIBUTIONS if d != "full")  # PET rows leave it empty
 METRICS = ("accuracy", "f1", "rougeL")
 STATUSES = ("finished", "early_stopped", "error")
 _CHOICES: dict[str, tuple[str, ...]] = {
