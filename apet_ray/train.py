@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 
 from apet_ray.data import collate, encode, global_batch, shard
 from apet_ray.delta import DeltaSpec, attach, count_backbone, count_deltas, count_trainable, load_state, read_deltas, save_deltas, trainable_state_dict
-from apet_ray.delta.masked import MaskedTensor
 from apet_ray.distributed import all_reduce_sum, frozen_checksum, full_tensor, like, rank_and_world, resolve_strategy, unwrap, wrap
 from apet_ray.models import DEFAULT_MODEL, build_model, load_tokenizer
 from apet_ray.tasks import Task, custom_task, get_task, load_examples, score

@@ -8,7 +8,6 @@ that does not fit the model is refused whole, never half-loaded.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
