@@ -55,7 +55,8 @@ def study_arguments(description: str, defaults: dict) -> argparse.ArgumentParser
     p.add_argument("--train-limit", type=int)
     p.add_argument("--eval-limit", type=int)
     p.add_argument("--max-input-len", type=int, help="truncate inputs (default: the task's, 128 or 256)")
-    p.add_argument("--workers", type=int, help="Ray Train workers per trial")
+    p.add_argument("--workers", type=int, help="Ray Train workers per trial; 0: the trial trains in its own process "
+                   "(no worker group to start: the fast choice for short single-process trials)")
     p.add_argument("--strategy", help="auto, none, ddp or fsdp")
     p.add_argument("--results", help="results folder (Parquet tables and Ray's files)")
     p.add_argument("--address", help="Ray cluster address (default: start Ray here)")
@@ -147,6 +148,8 @@ def validate(study: StudyConfig, trials: list[TrainConfig]) -> None:
     if not trials:
         raise UserError("the study has no trials")
     check_address(study.address)
+    if len({cfg.workers for cfg in trials}) > 1:
+        raise UserError("every trial of a study must use the same number of workers")
     seen = set()
     for cfg in trials:
         check_config(cfg)
@@ -164,11 +167,8 @@ def validate(study: StudyConfig, trials: list[TrainConfig]) -> None:
 # ---- running ---------------------------------------------------------------------------------
 
 def tune_trial(config: dict) -> None:
-    """The Tune function trainable: one Ray Train run (Train V2 pattern, STACK.md)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from apet_ray.launch import make_trainer
-
+    """The Tune function trainable: one Ray Train run (Train V2 pattern, STACK.md), or with
+    ``workers=0`` the training itself, in this trial's process."""
     from ray import tune
 
     record = Path(config["results"]) / "trials" / f"{config['trial']['trial_id']}.parquet"
@@ -180,6 +180,28 @@ def tune_trial(config: dict) -> None:
         tune.report({"score": float(row.final_score), "step": int(row.steps_run), "already_recorded": True})
         return
     cfg = config_from_dict(config["trial"]["train"])
+    if cfg.workers == 0:
+        # No worker group: starting one (controller and worker processes, their imports)
+        # costs ~20 s per trial on a laptop, a third of a one-minute trial (docs/benchmarks.md)
+        import logging
+
+        import torch
+
+        from apet_ray.train import train_from
+
+        torch.set_num_threads(config["threads"])
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
+
+        def report(metrics: dict, folder: str | None) -> None:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+
+        train_from(cfg, report, tune.get_checkpoint())
+        return
+
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from apet_ray.launch import make_trainer
+
     trainer = make_trainer(cfg, storage_path=config["train_storage"], name=config["trial"]["trial_id"],
                            max_failures=1, cpus_per_worker=config["cpus_per_worker"],
                            use_gpu=config["use_gpu"], callbacks=[TuneReportCallback()])
@@ -238,11 +260,13 @@ def _writer_class():
     return ResultsWriter
 
 
-def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_trials: int | None = None) -> Path:
+def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_trials: int | None = None,
+              callbacks: tuple = ()) -> Path:
     """Validate, run on Ray Tune, write Parquet, print the report. Returns the results folder.
 
     Without ``searcher`` the trials are the grid. With one (e.g. ``search.ThresholdSearcher``)
     the searcher proposes the trials and ``trials`` only lists configs to validate up front.
+    ``callbacks`` are further Tune callbacks (e.g. a benchmark's timeline).
     """
     validate(study, trials)
 
@@ -257,22 +281,29 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     init_ray(study.address)
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0
-    workers = max(1, trials[0].workers)
+    workers = trials[0].workers
     local = study.address in (None, "", "local")
-    cpus_per_worker = study.cpus_per_worker or (0.9 if local and not use_gpu else 1.0)
-    per_trial = 0.1 + workers * cpus_per_worker
-    capacity = int(resources.get("GPU", 0) // workers) if use_gpu else int(resources.get("CPU", 1) // per_trial)
+    if workers == 0:  # the trial process trains: it holds the CPU (and GPU) itself
+        cpus_per_worker = study.cpus_per_worker or 1.0
+        trial_resources = {"cpu": cpus_per_worker, "gpu": 1 if use_gpu else 0}
+        per_trial = cpus_per_worker
+    else:  # a light trial process (0.1 CPU) drives a Train worker group
+        cpus_per_worker = study.cpus_per_worker or (0.9 if local and not use_gpu else 1.0)
+        trial_resources = {"cpu": 0.1}
+        per_trial = 0.1 + workers * cpus_per_worker
+    capacity = int(resources.get("GPU", 0) // max(workers, 1)) if use_gpu else int(resources.get("CPU", 1) // per_trial)
     concurrent = max(1, min(study.max_concurrent or capacity, len(trials) if searcher is None else 2))
     grid = [{"trial_id": trial_id(t, study.study), "train": config_to_dict(t)} for t in trials]
     print(f"[apet-ray] {study.study}: {len(grid) if searcher is None else 'searched'} trials, up to {concurrent} at a time, "
-          f"{workers} worker(s) each{' on GPUs' if use_gpu else ''}; ASHA {'on' if study.asha else 'off'}; "
-          f"results in {results}; dashboard http://127.0.0.1:8265 (local)", flush=True)
+          f"{f'{workers} worker(s) each' if workers else 'each in its own process'}{' on GPUs' if use_gpu else ''}; ASHA {'on' if study.asha else 'off'}; "
+          f"results in {results}{'; dashboard http://127.0.0.1:8265' if local else ''}", flush=True)
     (results / f"{study.study}.study.json").write_text(json.dumps(
         {"study": study.study, "trials": [g["trial_id"] for g in grid], "extra": study.extra,
          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "code_version": code_version()}, indent=2, default=str))
 
-    trainable = tune.with_resources(tune_trial, {"cpu": 0.1})
-    static = {"results": str(results), "train_storage": str(results / "ray" / "train"), "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu}
+    trainable = tune.with_resources(tune_trial, trial_resources)
+    static = {"results": str(results), "train_storage": str(results / "ray" / "train"), "cpus_per_worker": cpus_per_worker,
+              "threads": max(1, int(cpus_per_worker)), "use_gpu": use_gpu}
     param_space = {**static, "trial": tune.grid_search(grid)} if searcher is None else {}
     if searcher is not None:
         searcher.static = static
@@ -286,15 +317,20 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
         tuner = tune.Tuner.restore(str(results / "ray" / study.study), trainable=trainable,
                                    resume_unfinished=True, resume_errored=True, param_space=param_space)
         # callbacks are not saved with the experiment: the writer comes back through the run config
-        tuner._local_tuner._run_config.callbacks = [writer]
+        tuner._local_tuner._run_config.callbacks = [writer, *callbacks]
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=scheduler if searcher is None else None,
                                         max_concurrent_trials=concurrent, search_alg=searcher,
-                                        num_samples=(max_trials or -1) if searcher is not None else 1),
-            run_config=tune.RunConfig(name=study.study, storage_path=tune_path, callbacks=[writer], verbose=1),
+                                        num_samples=(max_trials or -1) if searcher is not None else 1,
+                                        # the next trial starts in a warm process: no second import of torch
+                                        reuse_actors=True),
+            # a Train run retries itself (make_trainer); a trial that trains in its own process
+            # is retried by Tune, from its last checkpoint
+            run_config=tune.RunConfig(name=study.study, storage_path=tune_path, callbacks=[writer, *callbacks], verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=1 if workers == 0 else 0)),
         )
     started = time.time()
     grid_result = tuner.fit()

@@ -389,23 +389,28 @@ def save_checkpoint(model, optimizer, named: dict[str, torch.Tensor], state: dic
 # ---- Ray Train ------------------------------------------------------------------------------
 
 def ray_train_loop(config: dict) -> dict:
-    """The Ray Train worker function: ``config = {"train": asdict(TrainConfig)}``."""
+    """The Ray Train worker function: ``config = {"train": asdict(TrainConfig), "threads": n}``."""
     import ray.train
 
-    cfg = config_from_dict(config["train"])
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    checkpoint = ray.train.get_checkpoint()
 
     def report(metrics: dict, folder: str | None) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(folder) if folder else None
-        ray.train.report(metrics, checkpoint=ckpt)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
+    return train_from(config_from_dict(config["train"]), report, ray.train.get_checkpoint())
+
+
+def train_from(cfg: TrainConfig, report: Report, checkpoint) -> dict:
+    """``train``, continuing from a Ray checkpoint (Train's or Tune's) when there is one."""
     if checkpoint is None:
         return train(cfg, report)
-    with checkpoint.as_directory() as folder:
-        local = tempfile.mkdtemp(prefix="apet-restore-")
-        shutil.copytree(folder, local, dirs_exist_ok=True)
-    return train(cfg, report, restore_dir=local)
+    local = tempfile.mkdtemp(prefix="apet-restore-")
+    try:
+        with checkpoint.as_directory() as folder:
+            shutil.copytree(folder, local, dirs_exist_ok=True)
+        return train(cfg, report, restore_dir=local)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

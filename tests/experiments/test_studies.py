@@ -30,17 +30,39 @@ def trials(results) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in sorted((Path(results) / "trials").glob("*.parquet"))])
 
 
-def test_structure_ablation_writes_equal_counts_per_group(tmp_path):
-    done = study(tmp_path, "--max-steps", "4")
+def curves(results) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(p) for p in (Path(results) / "curves").glob("*.parquet")])
+
+
+@pytest.fixture(scope="module")
+def train_path(tmp_path_factory) -> Path:
+    """The tiny structure ablation, every trial a one-worker Ray Train run."""
+    results = tmp_path_factory.mktemp("train-path")
+    done = study(results, "--max-steps", "4")
     assert done.returncode == 0, done.stderr[-3000:]
-    table = trials(tmp_path)
+    return results
+
+
+def test_structure_ablation_writes_equal_counts_per_group(train_path):
+    table = trials(train_path)
     assert len(table) == 4 and set(table.status) == {"finished"}
     lora = table[table.method == "lora"].delta_params.item()
     apet = table[table.method == "apet"]
     assert sorted(apet.distribution) == ["adjacent", "discrete"]
     assert (apet.delta_params == lora).all() and (apet.requested_params == lora).all()
-    curves = pd.concat([pd.read_parquet(p) for p in (tmp_path / "curves").glob("*.parquet")])
-    assert sorted(curves.step.unique()) == [2, 4]
+    assert sorted(curves(train_path).step.unique()) == [2, 4]
+
+
+def test_trials_training_in_their_own_process_give_the_same_numbers(train_path, tmp_path):
+    done = study(tmp_path, "--max-steps", "4", "--workers", "0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "each in its own process" in done.stdout
+    key = ["method", "op", "distribution", "step"]
+    ours = curves(tmp_path).fillna("-").sort_values(key).reset_index(drop=True)
+    ray_train = curves(train_path).fillna("-").sort_values(key).reset_index(drop=True)
+    assert len(ours) == 8 and ours[key].equals(ray_train[key])
+    # same seed, same masks, same data order: the same losses and scores, to the bit
+    assert ours.loss.tolist() == ray_train.loss.tolist() and ours.score.tolist() == ray_train.score.tolist()
 
 
 def test_killed_driver_resumes_with_one_row_per_trial(tmp_path):
@@ -58,3 +80,39 @@ def test_killed_driver_resumes_with_one_row_per_trial(tmp_path):
     assert len(table) == 4 and table.trial_id.is_unique
     again = {p.name: p.stat().st_mtime for p in (tmp_path / "trials").glob("*.parquet")}
     assert all(again[name] == mtime for name, mtime in first.items()), "a finished trial was rerun"
+
+
+def _kill_trial_process_after_first_checkpoint(results: Path, killed: list) -> None:
+    import psutil
+
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        checkpoints = list((results / "ray").glob("structure_ablation/*/checkpoint_000000"))
+        if checkpoints:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if any("ImplicitFunc" in part for part in proc.info["cmdline"] or []):
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    return
+        time.sleep(0.02)
+
+
+def test_a_killed_trial_process_is_restarted_from_its_checkpoint(tmp_path):
+    import threading
+
+    # one trial, long enough that the kill lands between its two checkpoints
+    args = ["--max-steps", "200", "--eval-every", "100", "--workers", "0", "--methods", "lora", "--distributions", "adjacent"]
+    reference = study(tmp_path / "reference", *args)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed: list[int] = []
+    watcher = threading.Thread(target=_kill_trial_process_after_first_checkpoint, args=(tmp_path / "killed", killed), daemon=True)
+    watcher.start()
+    done = study(tmp_path / "killed", *args)
+    watcher.join(timeout=5)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert killed, "no trial process was killed: the test did not exercise recovery"
+    key = ["method", "op", "distribution", "step"]
+    again = curves(tmp_path / "killed").fillna("-").sort_values(key).reset_index(drop=True)
+    expected = curves(tmp_path / "reference").fillna("-").sort_values(key).reset_index(drop=True)
+    assert len(trials(tmp_path / "killed")) == 3 and again[key].equals(expected[key])
+    assert again.loss.tolist() == expected.loss.tolist() and again.score.tolist() == expected.score.tolist()
