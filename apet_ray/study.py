@@ -325,8 +325,10 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
             tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=scheduler if searcher is None else None,
                                         max_concurrent_trials=concurrent, search_alg=searcher,
                                         num_samples=(max_trials or -1) if searcher is not None else 1,
-                                        # the next trial starts in a warm process: no second import of torch
-                                        reuse_actors=True),
+                                        # the next trial starts in a warm process: no second import of torch.
+                                        # Not for Train runs: a reused trial process that ASHA stopped
+                                        # keeps its Train run (and its CPUs) alive, and the study hangs
+                                        reuse_actors=workers == 0),
             # a Train run retries itself (make_trainer); a trial that trains in its own process
             # is retried by Tune, from its last checkpoint
             run_config=tune.RunConfig(name=study.study, storage_path=tune_path, callbacks=[writer, *callbacks], verbose=1,

@@ -118,11 +118,14 @@ def test_a_killed_trial_process_is_restarted_from_its_checkpoint(tmp_path):
     assert again.loss.tolist() == expected.loss.tolist() and again.score.tolist() == expected.score.tolist()
 
 
-def test_asha_stops_the_trials_behind_at_its_first_rung(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_asha_stops_the_trials_behind_at_its_first_rung(workers, tmp_path):
     # FT at a high lr runs first and sets the bar at the rung (step 12 = 2 evals); the PET
-    # trials, far behind it there, are stopped and still recorded, with their curves so far
+    # trials, far behind it there, are stopped and still recorded, with their curves so far.
+    # With Train runs (workers 1) a stopped trial must also give its CPUs back, or the
+    # next trial never starts and the study hangs.
     cmd = [sys.executable, str(ROOT / "experiments" / "pet_scaling.py"), "--models", "tiny-bert", "--tasks", "sst2",
-           "--data-dir", DATA, "--workers", "0", "--max-steps", "24", "--eval-every", "6", "--batch-size", "8",
+           "--data-dir", DATA, "--workers", workers, "--max-steps", "24", "--eval-every", "6", "--batch-size", "8",
            "--eval-limit", "64", "--train-limit", "64", "--max-concurrent", "1", "--lr", "0.01",
            "--methods", "ft,lora,adapter", "--no-report", "--results", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
