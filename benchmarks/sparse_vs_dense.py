@@ -103,7 +103,7 @@ def build(variant: str, base: nn.Linear, k: int, seed: int) -> dict:
             assert wd.row_block() is not None, "adjacent mask did not take the row-block path"
         else:
             assert wd.row_block() is None or k == 1, "discrete mask unexpectedly contiguous"
-        ckpt = {"values": wd.values, "indices": wd.indices}
+        ckpt = {"values": wd.values, "indices": wd.indices.to(torch.int32)}  # as save_deltas writes them
         seeded = {"values": wd.values}
     elif variant == "dense":
         idx = masks.discrete(shape, k, gen)
@@ -288,7 +288,7 @@ def markdown(rows: list[dict], info: dict, key: dict, args) -> str:
         f"(wd={WEIGHT_DECAY}); median of {args.reps} timed steps after {args.warmup} warm-up, "
         "variants interleaved; ratio = median / median of the frozen floor of the same group.",
         "",
-        "ckpt: safetensors file of what the variant needs (apet-ray: values + int64 indices; "
+        "ckpt: safetensors file of what the variant needs (apet-ray: values + int32 indices; "
         "dense: delta + float32 mask). ckpt (seeded): mask regenerated from a seed "
         "(apet-ray: values only; dense: delta only).",
         "",

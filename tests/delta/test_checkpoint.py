@@ -48,7 +48,26 @@ def test_checkpoint_holds_only_deltas(tmp_path):
     model = tiny_classifier()
     attach(model, DeltaSpec.apet("add", "discrete", budget=500))
     size = save_deltas(model, tmp_path / "d.safetensors").stat().st_size
-    assert size < 500 * 12 + 66 * 4 + 4096  # values + indices + head + header
+    assert size < 500 * 8 + 66 * 4 + 4096  # fp32 values + int32 indices + head + header
+
+
+def test_damaged_indices_are_refused_before_anything_is_copied(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_classifier()
+    attach(model, DeltaSpec.apet("add", "discrete", budget=500, seed=1))
+    path = save_deltas(model, tmp_path / "d.safetensors")
+    tensors = load_file(str(path))
+    key = next(k for k in tensors if k.endswith(".indices"))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    for broken in (tensors[key].flip(0), tensors[key] + 10**6):
+        save_file({**tensors, key: broken}, str(tmp_path / "bad.safetensors"), metadata=meta)
+        before = {n: p.clone() for n, p in model.state_dict().items()}
+        with pytest.raises(UserError, match="damaged"):
+            load_deltas(model, tmp_path / "bad.safetensors")
+        assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
 
 
 @pytest.mark.parametrize("other", [
