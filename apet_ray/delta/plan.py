@@ -10,6 +10,9 @@ Budget rules
 - Concatenate and Plugin create new weights whose size (prompt length, rank, bottleneck)
   is free: APET picks the smallest size whose new weights hold the budget at about the
   spec's ``density`` (at small budgets the smallest size, so a lower density).
+- No counted value may be one that can never train: at tiny budgets the split can leave
+  one factor of a low-rank pair (or of a plugin) empty, which freezes the other at zero
+  gradient, so entries move until every pair that has entries has them on both sides.
 """
 
 from __future__ import annotations
@@ -233,3 +236,65 @@ def _allocate(plan: Plan, k: int) -> None:
         shares[i] += 1
     for s, share in zip(slots, shares):
         s.k = share
+    _no_dead_values(plan)
+
+
+# The two factors of a pair: values on one side train only if the other side has some.
+# B·A stays 0 while either factor is empty (B starts at zero; an empty A is zero), and
+# so does the gradient of every entry of the other; a plugin's down projection needs
+# its up projection and vice versa (an up bias trains on its own).
+PAIRED = {"lowrank": ("A", "B"), "plugin": ("down", "up")}
+
+
+def _no_dead_values(plan: Plan) -> None:
+    """Move entries so that no counted value sits where it can never train.
+
+    Only small budgets need it (rank 1, a handful of entries per layer). The count stays
+    exact: an entry moves within its placement, or to another placement that trains.
+    """
+    pairs = [p for p in plan.placements if p.kind in PAIRED]
+    orphans = 0
+    for p in pairs:
+        slots = {s.name: s for s in p.slots}
+        sides = [slots[name] for name in PAIRED[p.kind]]
+        alone = slots["up_bias"].k if p.kind == "plugin" else 0  # trains without the pair
+        paired = sum(s.k for s in p.slots) - alone
+        if paired == 0 or all(s.k for s in sides):
+            continue
+        if paired == 1:  # one entry cannot feed both sides: a plugin's up bias takes it, else it leaves
+            single = next(s for s in p.slots if s.k and s.name != "up_bias")
+            single.k = 0
+            if p.kind == "plugin" and slots["up_bias"].k < slots["up_bias"].numel:
+                slots["up_bias"].k += 1
+            else:
+                orphans += 1
+            continue
+        for side in sides:  # an empty side takes one entry from a slot that can spare it
+            if side.k == 0:
+                spare = [s for s in p.slots if s.name != "up_bias" and s.k >= (2 if s.name in PAIRED[p.kind] else 1)]
+                max(spare, key=lambda s: s.k).k -= 1
+                side.k += 1
+    if not orphans:
+        return
+
+    def trains(p: Placement) -> bool:
+        return all(s.k for s in p.slots if s.name in PAIRED[p.kind])
+
+    takers = sorted((p for p in pairs if trains(p)), key=lambda p: -sum(s.k for s in p.slots))
+    if not takers and orphans >= 2:  # the orphans form one pair themselves
+        for s in pairs[0].slots:
+            if s.name in PAIRED[pairs[0].kind]:
+                s.k += 1
+        orphans -= 2
+        takers = [pairs[0]]
+    room = [s for p in takers for s in p.slots if s.k < s.numel]
+    if sum(s.numel - s.k for s in room) < orphans:
+        raise UserError(f"budget {plan.count + orphans:,} is too small for {plan.spec.op}: a trained "
+                        f"{'low-rank pair' if plan.spec.op == 'concat' else 'plugin'} needs entries on both sides")
+    if orphans:
+        for s in room:
+            moved = min(orphans, s.numel - s.k)
+            s.k += moved
+            orphans -= moved
+            if not orphans:
+                break
