@@ -101,8 +101,31 @@ def _panel_metric(df: pd.DataFrame) -> str:
 # ---------------------------------------------------------------- Fig. 3
 
 
+def task_average(stats: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    """The paper's view of Fig. 3: per family, the mean over tasks of each task's seed mean.
+
+    Only tasks that have every (model, method) point of their family are averaged, so each
+    point of a line stands on the same tasks; a family needs two such tasks.
+    """
+    panels = []
+    for family, group in stats.groupby("family", sort=True):
+        points = group[["model", "label"]].drop_duplicates()
+        complete = [task for task, g in group.groupby("task")
+                    if len(g[["model", "label"]].drop_duplicates()) == len(points)]
+        if len(complete) < 2:
+            continue
+        keys = ["model", "total_params", "method", "method_rank", "label"]
+        mean = group[group["task"].isin(complete)].groupby(keys, sort=False)["mean"].mean().reset_index()
+        mean["std"] = float("nan")  # spread over tasks is not noise: no error bars
+        metrics = sorted(set(group["metric"]))
+        mean["metric"] = metrics[0] if len(metrics) == 1 else ""  # mixed metrics: "score (%)"
+        panels.append(((f"mean of {len(complete)} tasks", family), mean))
+    return panels
+
+
 def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
-    """Score vs backbone size per PET method, FT dashed; one panel per task and family."""
+    """Score vs backbone size per PET method, FT dashed: first the paper's panel per family
+    (mean over tasks), then one panel per task and family."""
     pet = pet_default(data.trials)
     if pet.empty or not (pet["method"] != "ft").any():
         raise Skip("no PET trials at their default configuration (requested_params null)")
@@ -115,6 +138,8 @@ def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
     if not panels:
         raise Skip("needs one PET method on at least 2 model sizes of the same task")
     panels.sort(key=lambda kv: (_task_key(kv[0][0], data), kv[0]))
+    tasks_with_sizes = {task for (task, _), _ in panels}
+    panels = task_average(stats[stats["task"].isin(tasks_with_sizes)]) + panels
     colors = _colors(_ordered_labels(stats[stats["method"] != "ft"]))
     fig, axes = _panels(len(panels))
     for ax, ((task, family), group) in zip(axes, panels):
@@ -140,7 +165,8 @@ def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
         ax.set_title(f"{task} ({family})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _title(fig, "Fig. 3 — PET methods vs model scale (mean ± std over seeds)")
+    _title(fig, "Fig. 3 — PET methods vs model scale (per task: mean ± std over seeds; "
+                "\"mean of N tasks\": the paper's per-family average)")
     return _save(fig, out_dir, "fig3_scaling")
 
 

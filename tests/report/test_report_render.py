@@ -98,3 +98,30 @@ def test_cli_user_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("apet-ray report: error:") and "\n" not in err
+
+
+def test_fig3_opens_with_the_papers_mean_over_tasks(tmp_path: Path) -> None:
+    from report_synth import build_study
+
+    summary = make_report(build_study(tmp_path / "results", tasks=("sst2", "rte")), tmp_path / "out")
+    svg = summary.figures["fig3_scaling"][1].read_text(encoding="utf-8")
+    assert svg.index("mean of 2 tasks (BERT)") < svg.index("sst2 (BERT)")
+
+
+def test_fig3_task_average_stands_on_the_tasks_every_point_has() -> None:
+    import pandas as pd
+
+    from apet_ray.report.figures import task_average
+
+    rows = []
+    for task, models in (("sst2", ("s", "l")), ("rte", ("s", "l")), ("mrpc", ("s",))):
+        for model in models:
+            for label in ("LoRA", "FT"):
+                rows.append({"task": task, "family": "bert", "model": model, "total_params": len(model),
+                             "method": label.lower(), "method_rank": 0, "label": label, "metric": "accuracy",
+                             "mean": {"sst2": 0.9, "rte": 0.7, "mrpc": 0.1}[task]})
+    [((title, family), mean)] = task_average(pd.DataFrame(rows))
+    assert (title, family) == ("mean of 2 tasks", "bert")  # mrpc lacks the large model
+    assert len(mean) == 4 and (mean["mean"].round(6) == 0.8).all()
+    # one complete task is not an average
+    assert task_average(pd.DataFrame([r for r in rows if r["task"] != "rte"])) == []
