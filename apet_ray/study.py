@@ -112,7 +112,8 @@ def base_config(args: argparse.Namespace, model: str, task: str, seed: int, **kw
     for name in ("max_steps", "eval_every", "batch_size", "workers"):
         value = getattr(args, name)
         if not isinstance(value, int) or value < (0 if name == "workers" else 1):
-            raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, not {value!r}")
+            what = "0 (train in the trial's process) or more" if name == "workers" else "a positive whole number"
+            raise UserError(f"--{name.replace('_', '-')} must be {what}, not {value!r}")
     return TrainConfig(
         model=model, task=task, seed=seed, data_dir=args.data_dir, data_source=args.data_source,
         max_steps=args.max_steps, eval_every=args.eval_every, batch_size=args.batch_size,

@@ -40,6 +40,7 @@ CASES = [
     ("structure_ablation", with_flag(TINY, "--max-steps", "0"), "max-steps"),
     ("structure_ablation", TINY + ["--batch-size", "0"], "batch-size"),
     ("structure_ablation", TINY + ["--strategy", "zero3"], "unknown strategy"),
+    ("structure_ablation", TINY + ["--workers", "-1"], "workers must be 0"),
     ("structure_ablation", TINY + ["--seeds", "one,two"], "seeds must be whole numbers"),
     ("structure_ablation", TINY + ["--address", "127.0.0.1:1"], "cannot reach a Ray cluster"),
     ("structure_ablation", TINY + ["--config", "/no/such.yaml"], "not found"),
@@ -71,3 +72,12 @@ def test_bad_yaml_options_are_refused(tmp_path):
     with pytest.raises(UserError, match="unknown option"):
         script("structure_ablation").run(TINY + ["--config", str(cfg), "--results", str(tmp_path / "r")])
     assert not ray.is_initialized()
+
+
+def test_trials_with_different_worker_counts_are_refused(tmp_path):
+    from apet_ray.study import StudyConfig, validate
+    from apet_ray.train import TrainConfig
+
+    trials = [TrainConfig(model="tiny-bert", task="sst2", data_dir=DATA, workers=w) for w in (0, 1)]
+    with pytest.raises(UserError, match="same number of workers"):
+        validate(StudyConfig(study="mixed", results=str(tmp_path)), trials)
