@@ -184,6 +184,7 @@ def tune_trial(config: dict) -> None:
     if cfg.workers == 0:
         # No worker group: starting one (controller and worker processes, their imports)
         # costs ~20 s per trial on a laptop, a third of a one-minute trial (docs/benchmarks.md)
+        import gc
         import logging
 
         import torch
@@ -192,6 +193,7 @@ def tune_trial(config: dict) -> None:
 
         torch.set_num_threads(config["threads"])
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
+        gc.collect()  # a reused process: the previous trial's model goes before this one loads
 
         def report(metrics: dict, folder: str | None) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)

@@ -80,6 +80,7 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
     rank, world = rank_and_world()
     device = _device()
     t_start = time.perf_counter()
+    _reset_peak_memory(device)
     torch.manual_seed(cfg.seed)
 
     # ---- model and deltas ----------------------------------------------------------------
@@ -431,7 +432,24 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start this run's peak afresh: a Tune trial process can run several trials."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS (VmHWM)
+    except OSError:
+        pass  # elsewhere the peak is the process's since it started
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS of this process
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):  # peak RSS since the last reset, in kB
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

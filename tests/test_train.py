@@ -97,3 +97,17 @@ def test_check_config_refuses_bad_runs_in_one_line(change, message):
     with pytest.raises(UserError, match=message) as info:
         check_config(tiny(**change))
     assert "\n" not in str(info.value)
+
+
+def test_peak_memory_is_this_runs_not_the_process_lifetime():
+    from apet_ray.train import _peak_memory_mb, _reset_peak_memory
+
+    cpu = torch.device("cpu")
+    _reset_peak_memory(cpu)
+    big = torch.ones(64 * 2**20)  # 256 MiB, returned to the system when freed
+    high = _peak_memory_mb(cpu)
+    del big
+    _reset_peak_memory(cpu)
+    if _peak_memory_mb(cpu) == high:
+        pytest.skip("this system cannot reset the peak RSS (no writable /proc/self/clear_refs)")
+    assert _peak_memory_mb(cpu) < high - 200
