@@ -163,6 +163,13 @@ def validate(study: StudyConfig, trials: list[TrainConfig]) -> None:
         raise UserError(f"{tune_dir} holds an earlier run of {study.study}: add --resume to continue it, or use another --results")
     if study.resume and not tune_dir.exists():
         raise UserError(f"nothing to resume: {tune_dir} does not exist")
+    record = Path(study.results).resolve() / f"{study.study}.study.json"
+    if study.resume and record.exists():
+        # the restored trials keep their old configs and resources: other flags would mix them
+        before = set(json.loads(record.read_text()).get("trials", []))
+        if before and before != seen:
+            raise UserError(f"--resume needs the flags of the interrupted study: {len(seen - before)} of its "
+                            f"{len(seen)} trials differ from the ones recorded in {record}")
 
 
 # ---- running ---------------------------------------------------------------------------------
@@ -191,7 +198,7 @@ def tune_trial(config: dict) -> None:
 
         from apet_ray.train import train_from
 
-        torch.set_num_threads(config["threads"])
+        torch.set_num_threads(config.get("threads", 1))
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
         gc.collect()  # a reused process: the previous trial's model goes before this one loads
 
@@ -335,7 +342,9 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
             # a Train run retries itself (make_trainer); a trial that trains in its own process
             # is retried by Tune, from its last checkpoint
             run_config=tune.RunConfig(name=study.study, storage_path=tune_path, callbacks=[writer, *callbacks], verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=1 if workers == 0 else 0)),
+                                      failure_config=tune.FailureConfig(max_failures=1 if workers == 0 else 0),
+                                      # --workers 0 checkpoints through Tune: keep two, as a Train run does
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
     started = time.time()
     grid_result = tuner.fit()

@@ -193,10 +193,12 @@ def train(cfg: TrainConfig, report: Report, restore_dir: str | None = None) -> d
                   f"(best {max(scores):.4f})  {metrics['tokens_per_s']:,.0f} tok/s  "
                   f"peak {metrics['peak_memory_mb']:,.0f} MB", flush=True)
         state["last_metrics"] = {k: v for k, v in metrics.items() if k != "history"}
-        report(metrics, checkpoint)
+        try:
+            report(metrics, checkpoint)
+        finally:  # the reporter has copied it, or Tune stopped the trial inside report
+            if checkpoint is not None:
+                shutil.rmtree(checkpoint, ignore_errors=True)
         reported = True
-        if checkpoint is not None:
-            shutil.rmtree(checkpoint, ignore_errors=True)  # the reporter has copied it
         losses, tokens = [], 0
         t_window = time.perf_counter()
 
@@ -435,7 +437,8 @@ def _device() -> torch.device:
 def _reset_peak_memory(device: torch.device) -> None:
     """Start this run's peak afresh: a Tune trial process can run several trials."""
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        if torch.cuda.is_initialized():  # a fresh process has no peak to clear (and would raise)
+            torch.cuda.reset_peak_memory_stats(device)
         return
     try:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS (VmHWM)

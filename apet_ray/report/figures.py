@@ -138,8 +138,8 @@ def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
     if not panels:
         raise Skip("needs one PET method on at least 2 model sizes of the same task")
     panels.sort(key=lambda kv: (_task_key(kv[0][0], data), kv[0]))
-    tasks_with_sizes = {task for (task, _), _ in panels}
-    panels = task_average(stats[stats["task"].isin(tasks_with_sizes)]) + panels
+    with_sizes = {key for key, _ in panels}
+    panels = task_average(stats[[key in with_sizes for key in zip(stats["task"], stats["family"])]]) + panels
     colors = _colors(_ordered_labels(stats[stats["method"] != "ft"]))
     fig, axes = _panels(len(panels))
     for ax, ((task, family), group) in zip(axes, panels):

@@ -81,3 +81,14 @@ def test_trials_with_different_worker_counts_are_refused(tmp_path):
     trials = [TrainConfig(model="tiny-bert", task="sst2", data_dir=DATA, workers=w) for w in (0, 1)]
     with pytest.raises(UserError, match="same number of workers"):
         validate(StudyConfig(study="mixed", results=str(tmp_path)), trials)
+
+
+def test_resume_with_other_flags_is_refused(tmp_path):
+    import json
+
+    results = tmp_path / "results"
+    (results / "ray" / "structure_ablation").mkdir(parents=True)
+    (results / "structure_ablation.study.json").write_text(json.dumps({"trials": ["structure_ablation-old-trial"]}))
+    with pytest.raises(UserError, match="needs the flags of the interrupted study"):
+        script("structure_ablation").run(TINY + ["--resume", "--results", str(results)])
+    assert not ray.is_initialized()
