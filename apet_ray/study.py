@@ -304,8 +304,9 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     capacity = int(resources.get("GPU", 0) // max(workers, 1)) if use_gpu else int(resources.get("CPU", 1) // per_trial)
     concurrent = max(1, min(study.max_concurrent or capacity, len(trials) if searcher is None else 2))
     grid = [{"trial_id": trial_id(t, study.study), "train": config_to_dict(t)} for t in trials]
+    how = f"{workers} worker(s) each" if workers else "each in its own process"
     print(f"[apet-ray] {study.study}: {len(grid) if searcher is None else 'searched'} trials, up to {concurrent} at a time, "
-          f"{f'{workers} worker(s) each' if workers else 'each in its own process'}{' on GPUs' if use_gpu else ''}; ASHA {'on' if study.asha else 'off'}; "
+          f"{how}{' on GPUs' if use_gpu else ''}; ASHA {'on' if study.asha else 'off'}; "
           f"results in {results}{'; dashboard http://127.0.0.1:8265' if local else ''}", flush=True)
     (results / f"{study.study}.study.json").write_text(json.dumps(
         {"study": study.study, "trials": [g["trial_id"] for g in grid], "extra": study.extra,
