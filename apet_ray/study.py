@@ -194,18 +194,11 @@ def tune_trial(config: dict) -> None:
         import gc
         import logging
 
-        import torch
+        from apet_ray.train import train_in_ray
 
-        from apet_ray.train import train_from
-
-        torch.set_num_threads(config.get("threads", 1))
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
         gc.collect()  # a reused process: the previous trial's model goes before this one loads
-
-        def report(metrics: dict, folder: str | None) -> None:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
-
-        train_from(cfg, report, tune.get_checkpoint())
+        train_in_ray(tune, cfg, threads=config["cpus_per_worker"])
         return
 
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -314,7 +307,7 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
 
     trainable = tune.with_resources(tune_trial, trial_resources)
     static = {"results": str(results), "train_storage": str(results / "ray" / "train"), "cpus_per_worker": cpus_per_worker,
-              "threads": max(1, int(cpus_per_worker)), "use_gpu": use_gpu}
+              "use_gpu": use_gpu}
     param_space = {**static, "trial": tune.grid_search(grid)} if searcher is None else {}
     if searcher is not None:
         searcher.static = static

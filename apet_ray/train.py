@@ -395,12 +395,19 @@ def ray_train_loop(config: dict) -> dict:
     """The Ray Train worker function: ``config = {"train": asdict(TrainConfig), "threads": n}``."""
     import ray.train
 
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    return train_in_ray(ray.train, config_from_dict(config["train"]), config.get("threads", 1))
+
+
+def train_in_ray(session, cfg: TrainConfig, threads: int) -> dict:
+    """``train`` reporting to Ray and resuming from its checkpoint. ``session`` is
+    ``ray.train`` in a Train worker or ``ray.tune`` in a Tune trial that trains itself:
+    both offer ``report``, ``Checkpoint`` and ``get_checkpoint``."""
+    torch.set_num_threads(max(1, int(threads)))
 
     def report(metrics: dict, folder: str | None) -> None:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+        session.report(metrics, checkpoint=session.Checkpoint.from_directory(folder) if folder else None)
 
-    return train_from(config_from_dict(config["train"]), report, ray.train.get_checkpoint())
+    return train_from(cfg, report, session.get_checkpoint())
 
 
 def train_from(cfg: TrainConfig, report: Report, checkpoint) -> dict:

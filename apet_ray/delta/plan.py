@@ -246,6 +246,10 @@ def _allocate(plan: Plan, k: int) -> None:
 PAIRED = {"lowrank": ("A", "B"), "plugin": ("down", "up")}
 
 
+def _sides(p: Placement) -> list[Slot]:
+    return [s for s in p.slots if s.name in PAIRED[p.kind]]
+
+
 def _no_dead_values(plan: Plan) -> None:
     """Move entries so that no counted value sits where it can never train.
 
@@ -255,46 +259,36 @@ def _no_dead_values(plan: Plan) -> None:
     pairs = [p for p in plan.placements if p.kind in PAIRED]
     orphans = 0
     for p in pairs:
-        slots = {s.name: s for s in p.slots}
-        sides = [slots[name] for name in PAIRED[p.kind]]
-        alone = slots["up_bias"].k if p.kind == "plugin" else 0  # trains without the pair
-        paired = sum(s.k for s in p.slots) - alone
+        sides = _sides(p)
+        up_bias = next((s for s in p.slots if s.name == "up_bias"), None)  # trains without the pair
+        paired = sum(s.k for s in p.slots) - (up_bias.k if up_bias else 0)
         if paired == 0 or all(s.k for s in sides):
             continue
         if paired == 1:  # one entry cannot feed both sides: a plugin's up bias takes it, else it leaves
-            single = next(s for s in p.slots if s.k and s.name != "up_bias")
-            single.k = 0
-            if p.kind == "plugin" and slots["up_bias"].k < slots["up_bias"].numel:
-                slots["up_bias"].k += 1
+            next(s for s in p.slots if s.k and s is not up_bias).k = 0
+            if up_bias is not None and up_bias.k < up_bias.numel:
+                up_bias.k += 1
             else:
                 orphans += 1
             continue
         for side in sides:  # an empty side takes one entry from a slot that can spare it
             if side.k == 0:
-                spare = [s for s in p.slots if s.name != "up_bias" and s.k >= (2 if s.name in PAIRED[p.kind] else 1)]
+                spare = [s for s in p.slots if s is not up_bias and s.k >= (2 if s.name in PAIRED[p.kind] else 1)]
                 max(spare, key=lambda s: s.k).k -= 1
                 side.k += 1
     if not orphans:
         return
-
-    def trains(p: Placement) -> bool:
-        return all(s.k for s in p.slots if s.name in PAIRED[p.kind])
-
-    takers = sorted((p for p in pairs if trains(p)), key=lambda p: -sum(s.k for s in p.slots))
+    takers = sorted((p for p in pairs if all(s.k for s in _sides(p))), key=lambda p: -sum(s.k for s in p.slots))
     if not takers and orphans >= 2:  # the orphans form one pair themselves
-        for s in pairs[0].slots:
-            if s.name in PAIRED[pairs[0].kind]:
-                s.k += 1
+        for s in _sides(pairs[0]):
+            s.k += 1
         orphans -= 2
         takers = [pairs[0]]
     room = [s for p in takers for s in p.slots if s.k < s.numel]
     if sum(s.numel - s.k for s in room) < orphans:
         raise UserError(f"budget {plan.count + orphans:,} is too small for {plan.spec.op}: a trained "
                         f"{'low-rank pair' if plan.spec.op == 'concat' else 'plugin'} needs entries on both sides")
-    if orphans:
-        for s in room:
-            moved = min(orphans, s.numel - s.k)
-            s.k += moved
-            orphans -= moved
-            if not orphans:
-                break
+    for s in room:
+        moved = min(orphans, s.numel - s.k)
+        s.k += moved
+        orphans -= moved
