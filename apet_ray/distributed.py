@@ -19,6 +19,15 @@ from apet_ray.errors import UserError
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 
 
+def local_device() -> torch.device:
+    """This worker's device: its GPU (``LOCAL_RANK``) when there are GPUs, else the CPU."""
+    if torch.cuda.is_available():
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -86,6 +95,15 @@ def all_reduce_sum(xs: list[float], world: int) -> list[float]:
     t = torch.tensor(xs, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_reduce_max(x: float, world: int) -> float:
+    if world == 1:
+        return x
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def frozen_checksum(frozen: list[torch.Tensor], world: int) -> list[float]:

@@ -25,7 +25,7 @@ import transformers
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig, T5Config, T5ForConditionalGeneration
 
-from apet_ray.delta.architectures import BERT, T5
+from apet_ray.delta.architectures import family_for_model_type
 from apet_ray.errors import UserError
 from apet_ray.hub import hub_reachable
 
@@ -154,7 +154,7 @@ def resolve(name: str) -> tuple[str | Path, ModelInfo]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} has no config.json: not a model folder")
-        fam = _family(AutoConfig.from_pretrained(path))
+        fam = family_for_model_type(AutoConfig.from_pretrained(path).model_type).name
         has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
         return path, ModelInfo(str(path), fam, pretrained=has_weights, source="local")
     if path.suffix or name.startswith((".", "/")):
@@ -174,14 +174,7 @@ def load_config(name: str) -> tuple[PretrainedConfig, ModelInfo]:
         config = AutoConfig.from_pretrained(where, **_hub_kwargs(info))
     except OSError as exc:
         raise UserError(f"cannot load model {name!r}: not a preset ({', '.join(TINY)}), local folder or reachable hub model ({str(exc).splitlines()[0]})") from None
-    return config, ModelInfo(info.name, _family(config), info.pretrained, info.source)
-
-
-def _family(config: PretrainedConfig) -> str:
-    for fam in (BERT, T5):
-        if config.model_type in fam.model_types:
-            return fam.name
-    raise UserError(f"model type {config.model_type!r} is not a BERT- or T5-family model")
+    return config, ModelInfo(info.name, family_for_model_type(config.model_type).name, info.pretrained, info.source)
 
 
 def load_tokenizer(name: str):

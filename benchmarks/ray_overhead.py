@@ -38,7 +38,7 @@ SHARED_DATA = HERE.parent.parent / "shared" / "data"
 
 def configs(n: int, steps: int, workers: int, data_dir: str | None):
     from apet_ray.delta import DeltaSpec
-    from apet_ray.train import TrainConfig
+    from apet_ray.run import TrainConfig
 
     return [TrainConfig(model="minilm", task="rotten_tomatoes", data_dir=data_dir, spec=DeltaSpec.pet("lora", seed=seed),
                         seed=seed, max_steps=steps, eval_every=steps, batch_size=16, train_limit=1000, eval_limit=100,
@@ -90,15 +90,15 @@ def run_tune(trials, study_name: str, address: str | None = None, **study_kw) ->
 def overhead(args) -> dict:
     import ray
 
-    from apet_ray.launch import init_ray
-    from apet_ray.train import train
+    from apet_ray.run.launch import init_ray
+    from apet_ray.run import train
 
     walls, throughput = [], []
     for cfg in configs(args.trials, args.steps, 0, args.data_dir):
         t0 = time.perf_counter()
-        summary = train(cfg, lambda metrics, folder: None)
+        record = train(cfg, lambda metrics, folder: None)
         walls.append(time.perf_counter() - t0)
-        throughput.append(summary["tokens_per_s"])
+        throughput.append(record.tokens_per_s)
     work = statistics.median(walls[1:] if len(walls) > 1 else walls)  # the first pays for warm-up
     out = {"in-process": {"wall_s": work, "tokens_per_s": statistics.median(throughput)}}
 

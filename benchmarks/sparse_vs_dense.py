@@ -100,9 +100,9 @@ def build(variant: str, base: nn.Linear, k: int, seed: int) -> dict:
         module = sparse_layer(base, idx)
         wd = module.weight_delta
         if variant == "adjacent":
-            assert wd.row_block() is not None, "adjacent mask did not take the row-block path"
+            assert wd.run_start is not None, "adjacent mask did not take the contiguous-run path"
         else:
-            assert wd.row_block() is None or k == 1, "discrete mask unexpectedly contiguous"
+            assert wd.run_start is None or k == 1, "discrete mask unexpectedly contiguous"
         ckpt = {"values": wd.values, "indices": wd.indices.to(torch.int32)}  # as save_deltas writes them
         seeded = {"values": wd.values}
     elif variant == "dense":

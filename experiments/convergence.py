@@ -9,7 +9,7 @@ the end (no early stopping) with frequent evaluations; steps-to-converge is reco
 """
 
 from apet_ray.delta import DeltaSpec
-from apet_ray.study import base_config, csv, main, parse, run_study, seeds, study_arguments, study_config
+from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config
 
 DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", match="lora", ops="add",
@@ -24,7 +24,7 @@ def run(argv=None):
     parser.add_argument("--ops", help="APET ops to compare (add, concat, plugin)")
     args = parse(parser, argv)
     trials = [
-        base_config(args, model, task, seed, spec=DeltaSpec.apet(op, distribution, match=args.match, seed=seed))
+        trial_config(args, model, task, seed, spec=DeltaSpec.apet(op, distribution, match=args.match, seed=seed))
         for model in csv(args.models) for task in csv(args.tasks) for seed in seeds(args.seeds)
         for op in csv(args.ops) for distribution in ("adjacent", "discrete")
     ]

@@ -13,20 +13,18 @@ saved to RESULTS/param_ablation.thresholds.json.
         --max-steps 5000 --workers 8 --strategy fsdp
 """
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
-from apet_ray.commands.report import run as report
-
 from apet_ray.delta import DeltaSpec
 from apet_ray.errors import UserError
+from apet_ray.models import resolve
+from apet_ray.report import make_report
 from apet_ray.results import read_results
+from apet_ray.run import check_config
 from apet_ray.search import SearchState, ThresholdSearcher, log_grid
-from apet_ray.study import (base_config, config_to_dict, csv, main, parse, run_study, seeds, study_arguments,
-                            study_config, trial_id)
-from apet_ray.train import check_config
+from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config, trial_id
 
 DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", structures="add-discrete",
@@ -54,7 +52,7 @@ def run(argv=None):
     head = dict(train_head=args.head == "trainable")
 
     def config(model, task, seed, spec):
-        return base_config(args, model, task, seed, spec=spec, **head)
+        return trial_config(args, model, task, seed, spec=spec, **head)
 
     # 1. the FT reference for every model x task x seed (a plain grid study)
     ft = [config(m, t, s, DeltaSpec.pet("ft", seed=s)) for m in csv(args.models) for t in csv(args.tasks) for s in seeds(args.seeds)]
@@ -74,9 +72,9 @@ def run(argv=None):
     for m, t, s, op, dist in searches:
         tables, _ = read_results(results)
         trials = tables.trials
-        ref = config(m, t, s, DeltaSpec.pet("ft", seed=s))
-        same_model = trials.hparams.map(lambda h: json.loads(h)["model"] == ref.model) if not trials.empty else []
-        ft_rows = trials[(trials.method == "ft") & (trials.task == t) & (trials.seed == s) & same_model]
+        model_name = resolve(config(m, t, s, DeltaSpec.pet("ft", seed=s)).model)[1].name  # as runs record it
+        ft_rows = trials[(trials.study == ft_study.study) & (trials.method == "ft") & (trials.model == model_name)
+                         & (trials.task == t) & (trials.seed == s)] if not trials.empty else trials
         if ft_rows.empty:
             raise UserError(f"no FT result for {m} / {t} / seed {s}: cannot search for the high threshold")
         ft_score = float(ft_rows.final_score.iloc[0])
@@ -90,7 +88,7 @@ def run(argv=None):
 
         def make(count, m=m, t=t, s=s, op=op, dist=dist, name=name):
             cfg = config(m, t, s, DeltaSpec.apet(op, dist, budget=count, seed=s))
-            return {"trial_id": trial_id(cfg, name), "train": config_to_dict(cfg)}
+            return {"trial_id": trial_id(cfg, name), "train": cfg.to_dict()}
 
         searcher = ThresholdSearcher(state, make)
         if not (state.low.done and state.high.done):
@@ -115,7 +113,7 @@ def run(argv=None):
               flush=True)
     (results / "param_ablation.thresholds.json").write_text(json.dumps(summary, indent=2))
     if not args.no_report:
-        report(argparse.Namespace(results_dir=str(results), out=None, score="final"))
+        print("\n".join(make_report(results, results / "report").lines()), flush=True)
 
 
 def _fresh_tune_dir(results: Path, name: str) -> None:

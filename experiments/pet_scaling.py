@@ -9,7 +9,7 @@ Every model x task x seed runs the four PET methods at the paper's settings and 
 """
 
 from apet_ray.delta import DeltaSpec
-from apet_ray.study import base_config, csv, main, parse, run_study, seeds, study_arguments, study_config
+from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config
 
 DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", methods="prompt,bitfit,lora,adapter,ft",
@@ -23,7 +23,7 @@ def run(argv=None):
     parser.add_argument("--methods", help="PET methods and ft")
     args = parse(parser, argv)
     trials = [
-        base_config(args, model, task, seed, spec=DeltaSpec.pet(method, seed=seed))
+        trial_config(args, model, task, seed, spec=DeltaSpec.pet(method, seed=seed))
         for model in csv(args.models) for task in csv(args.tasks) for seed in seeds(args.seeds)
         for method in csv(args.methods)
     ]

@@ -10,7 +10,7 @@ and APET-Discrete with exactly each PET method's number of trainable parameters.
 """
 
 from apet_ray.delta import DeltaSpec
-from apet_ray.study import base_config, csv, main, parse, run_study, seeds, study_arguments, study_config
+from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config
 
 PET = ("prompt", "bitfit", "lora", "adapter")
 # The embedded default: the real offline model on real data, small enough for a laptop
@@ -33,13 +33,13 @@ def run(argv=None):
     for model in csv(args.models):
         for task in csv(args.tasks):
             for seed in seeds(args.seeds):
-                trials.append(base_config(args, model, task, seed, spec=DeltaSpec.pet("ft", seed=seed)))
+                trials.append(trial_config(args, model, task, seed, spec=DeltaSpec.pet("ft", seed=seed)))
                 for method in csv(args.methods):
                     pet = DeltaSpec.pet(method, seed=seed)
-                    trials.append(base_config(args, model, task, seed, spec=pet))
+                    trials.append(trial_config(args, model, task, seed, spec=pet))
                     for distribution in csv(args.distributions):
                         apet = DeltaSpec.apet(pet.op, distribution, match=method, seed=seed)
-                        trials.append(base_config(args, model, task, seed, spec=apet))
+                        trials.append(trial_config(args, model, task, seed, spec=apet))
     # ASHA pays off on paper-scale sweeps; a grid this small gains little from it, and
     # every trial running to the end keeps PET and matched APET comparable step for step
     study = study_config(args, "structure_ablation")

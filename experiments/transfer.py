@@ -11,7 +11,7 @@ Train on each source task, then evaluate on every target task with the unified l
 from pathlib import Path
 
 from apet_ray.delta import DeltaSpec
-from apet_ray.study import base_config, csv, main, parse, run_study, seeds, study_arguments, study_config
+from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 DEFAULTS = dict(
@@ -30,7 +30,7 @@ def run(argv=None):
     args = parse(parser, argv)
     tasks = csv(args.tasks)
     trials = [
-        base_config(args, model, source, seed, spec=DeltaSpec.pet(method, seed=seed), transfer_tasks=tuple(tasks))
+        trial_config(args, model, source, seed, spec=DeltaSpec.pet(method, seed=seed), transfer_tasks=tuple(tasks))
         for model in csv(args.models) for source in tasks for seed in seeds(args.seeds) for method in csv(args.methods)
     ]
     study = study_config(args, "transfer")

@@ -11,8 +11,8 @@ import pytest
 import ray
 
 from apet_ray.delta import DeltaSpec
-from apet_ray.launch import make_trainer
-from apet_ray.train import TrainConfig, train
+from apet_ray.run import RunRecord, TrainConfig, train
+from apet_ray.run.launch import make_trainer
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 DATA = str(Path(__file__).parent / "fixtures" / "data")
@@ -29,7 +29,7 @@ def local_ray():
 
 
 def tiny(**kw) -> TrainConfig:
-    base = dict(model="tiny-bert", task="sst2", data_dir=DATA, batch_size=8, max_steps=20, eval_every=10,
+    base = dict(model="tiny-bert", task="sst2", data_dir=DATA, batch_size=8, max_steps=20, eval_every=4,
                 eval_limit=32, spec=DeltaSpec.apet("add", "discrete", budget=3000, seed=1), workers=2,
                 verify_frozen=True)
     return TrainConfig(**{**base, **kw})
@@ -38,21 +38,27 @@ def tiny(**kw) -> TrainConfig:
 def fit(cfg, tmp_path, name, **kw):
     result = make_trainer(cfg, storage_path=str(tmp_path), name=name, use_gpu=False, **kw).fit()
     assert result.error is None, result.error
-    return result.return_value
+    return RunRecord.from_dict(result.return_value)
+
+
+def losses(record: RunRecord) -> list[float]:
+    """The mean training loss of each evaluation window: the trajectory, step group by step group."""
+    return [h["loss"] for h in record.history]
 
 
 @pytest.mark.parametrize("spec", [DeltaSpec.apet("add", "discrete", budget=3000, seed=1), DeltaSpec.pet("lora")],
                          ids=["apet-add-discrete", "lora"])
 def test_ddp_and_fsdp_follow_the_single_process_losses(spec, tmp_path):
-    reference = train(tiny(spec=spec, workers=0), lambda m, c: None)["losses"]
-    assert len(reference) == 20
+    reference = losses(train(tiny(spec=spec, workers=0), lambda m, c: None))
+    assert len(reference) == 5
     for strategy in ("ddp", "fsdp"):
         out = fit(tiny(spec=spec, strategy=strategy), tmp_path, f"{strategy}-{spec.method}")
-        assert out["strategy"] == strategy and out["workers"] == 2
+        assert out.strategy == strategy and out.workers == 2
         # same global batch, split 4 + 4; gradients averaged over workers: equal up to
         # float32 summation order
-        assert out["losses"] == pytest.approx(reference, rel=1e-5, abs=1e-6), strategy
-        assert out["frozen_unchanged"] is True, strategy
+        assert losses(out) == pytest.approx(reference, rel=1e-5, abs=1e-6), strategy
+        assert out.frozen_unchanged is True, strategy
+        assert out.peak_memory_mb > 0 and out.checkpoint_bytes > 0
 
 
 def _kill_a_worker_after_first_checkpoint(storage: Path, killed: list):
@@ -78,7 +84,7 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes_from_the_checkpoint(tm
     out = fit(cfg, tmp_path, "killed", max_failures=1)
     watcher.join(timeout=5)
     assert killed, "no worker was killed: the test did not exercise recovery"
-    assert out["steps_run"] == 40
-    assert [h["step"] for h in out["history"]] == list(range(5, 41, 5))  # no step evaluated twice
+    assert out.steps_run == 40
+    assert [h["step"] for h in out.history] == list(range(5, 41, 5))  # no step evaluated twice
     reference = train(tiny(workers=0, max_steps=40, eval_every=5), lambda m, c: None)
-    assert out["losses"] == pytest.approx(reference["losses"], rel=1e-5, abs=1e-6)
+    assert losses(out) == pytest.approx(losses(reference), rel=1e-5, abs=1e-6)

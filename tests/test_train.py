@@ -8,7 +8,7 @@ import torch
 from apet_ray.data import global_batch, shard
 from apet_ray.delta import DeltaSpec, read_deltas
 from apet_ray.errors import UserError
-from apet_ray.train import TrainConfig, check_config, steps_to_converge, train
+from apet_ray.run import TrainConfig, check_config, read_checkpoint, steps_to_converge, train
 
 DATA = str(Path(__file__).parent / "fixtures" / "data")
 
@@ -54,20 +54,26 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     straight = train(tiny(), Recorder(tmp_path / "a"))
     first = Recorder(tmp_path / "b")
     train(tiny(max_steps=8), first)
-    resumed = train(tiny(), Recorder(tmp_path / "c"), restore_dir=str(first.folders[-1]))
-    assert resumed["losses"] == straight["losses"]
-    assert resumed["history"][-1]["score"] == straight["history"][-1]["score"]
+    resumed = train(tiny(), Recorder(tmp_path / "c"), read_checkpoint(first.folders[-1]))
+    # the resumed run's record carries the first part's history on: the same curve, bit for bit
+    strip = [{k: h[k] for k in ("step", "score", "loss")} for h in straight.history]
+    assert [{k: h[k] for k in ("step", "score", "loss")} for h in resumed.history] == strip
     a, _ = read_deltas(tmp_path / "a" / "step-12" / "deltas.safetensors")
     c, _ = read_deltas(tmp_path / "c" / "step-12" / "deltas.safetensors")
     assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_frozen_weights_are_untouched_and_counts_are_reported(tmp_path):
-    out = train(tiny(verify_frozen=True, spec=DeltaSpec.pet("adapter")), Recorder(tmp_path))
-    assert out["frozen_unchanged"] is True
-    assert out["delta_params"] == 2 * 2 * (2 * 32 * 24 + 24 + 32)
-    assert out["trainable_params"] == out["delta_params"] + 32 * 2 + 2
-    assert len(out["history"]) == 3 and out["steps_run"] == 12
+    rec = Recorder(tmp_path)
+    out = train(tiny(verify_frozen=True, spec=DeltaSpec.pet("adapter")), rec)
+    assert out.frozen_unchanged is True
+    assert out.delta_params == 2 * 2 * (2 * 32 * 24 + 24 + 32)
+    assert out.trainable_params == out.delta_params + 32 * 2 + 2
+    assert len(out.history) == 3 and out.steps_run == 12 and out.finished
+    assert out.family == "bert" and out.peak_memory_mb > 0 and out.tokens_per_s > 0
+    assert out.checkpoint_bytes == (rec.folders[-1] / "deltas.safetensors").stat().st_size
+    # every report carries the record so far: the last one is the returned record's history
+    assert rec.metrics[-1]["record"]["history"] == out.history
 
 
 def test_checkpoint_of_k_discrete_values_is_O_k(tmp_path):
@@ -80,7 +86,7 @@ def test_checkpoint_of_k_discrete_values_is_O_k(tmp_path):
 
 def test_t5_text_to_text_runs_and_scores_invalid_generations_as_zero(tmp_path):
     out = train(tiny(model="tiny-t5", spec=DeltaSpec.pet("lora"), max_steps=2, eval_every=2, eval_limit=8), Recorder(tmp_path))
-    assert out["random_guess"] == 0.0 and 0.0 <= out["final_score"] <= 1.0
+    assert out.random_guess == 0.0 and 0.0 <= out.final_score <= 1.0 and out.family == "t5"
 
 
 @pytest.mark.parametrize("change,message", [
@@ -89,6 +95,8 @@ def test_t5_text_to_text_runs_and_scores_invalid_generations_as_zero(tmp_path):
     (dict(spec=DeltaSpec.apet("add", "discrete", budget=10**9)), "larger than"),
     (dict(data_dir="/nonexistent/dir"), "not found"),
     (dict(batch_size=0), "batch_size"),
+    (dict(workers=-1), "workers must be 0"),
+    (dict(eval_limit=0), "eval_limit"),
     (dict(strategy="zero3"), "unknown strategy"),
     (dict(precision="fp8"), "unknown precision"),
     (dict(model="tiny-bert", task="samsum"), "classification only"),
@@ -100,14 +108,14 @@ def test_check_config_refuses_bad_runs_in_one_line(change, message):
 
 
 def test_peak_memory_is_this_runs_not_the_process_lifetime():
-    from apet_ray.train import _peak_memory_mb, _reset_peak_memory
+    from apet_ray.run.memory import peak_memory_mb, reset_peak_memory
 
     cpu = torch.device("cpu")
-    _reset_peak_memory(cpu)
+    reset_peak_memory(cpu)
     big = torch.ones(64 * 2**20)  # 256 MiB, returned to the system when freed
-    high = _peak_memory_mb(cpu)
+    high = peak_memory_mb(cpu)
     del big
-    _reset_peak_memory(cpu)
-    if _peak_memory_mb(cpu) == high:
+    reset_peak_memory(cpu)
+    if peak_memory_mb(cpu) == high:
         pytest.skip("this system cannot reset the peak RSS (no writable /proc/self/clear_refs)")
-    assert _peak_memory_mb(cpu) < high - 200
+    assert peak_memory_mb(cpu) < high - 200

@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from apet_ray.delta import METHODS, OPS, PET_METHODS, DeltaSpec, attach, count_backbone, count_deltas
+from apet_ray.delta import OPS, DeltaSpec, attach, count_backbone, count_deltas, matchable_methods, method_names
 from apet_ray.models import DEFAULT_MODEL, build_model
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     """The delta-spec flags shared by ``params``, ``train`` and the study scripts."""
-    parser.add_argument("--method", default="lora", help=f"one of {', '.join(METHODS)} (default lora)")
+    parser.add_argument("--method", default="lora", help=f"one of {', '.join(method_names())} (default lora)")
     parser.add_argument("--op", help=f"APET op: {', '.join(OPS)} (default add)")
     parser.add_argument("--distribution", help="APET mask: adjacent or discrete (default discrete)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--budget", type=_int, help="APET: exact number of trainable delta parameters")
-    group.add_argument("--match", help=f"APET: as many as this method on the same model ({', '.join(PET_METHODS)})")
+    group.add_argument("--match", help=f"APET: as many as this method on the same model ({', '.join(matchable_methods())})")
     parser.add_argument("--positions", type=lambda s: tuple(s.split(",")),
                         help="APET: comma-separated roles, e.g. query,value or linear or biases")
     parser.add_argument("--size", type=_int, help="APET concat/plugin: rank, bottleneck or prompt length")

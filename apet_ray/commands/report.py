@@ -28,15 +28,5 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.results_dir) / "report"
     summary = make_report(args.results_dir, out, score=args.score)
-    print(f"report: {summary.index}  ({summary.n_trials} trials)")
-    print(f"tables: {', '.join(str(p) for p in summary.tables)}")
-    for name, paths in summary.figures.items():
-        print(f"figure {name}: {', '.join(str(p) for p in paths)}")
-    for name, why in summary.skipped.items():
-        print(f"figure {name}: not drawn ({why})")
-    for problem in summary.problems:
-        print(f"problem: {problem}")
-    for finding in summary.findings:
-        print(f"finding {finding.number}: {finding.verdict} — {finding.claim}")
-    print(f"findings: {out / 'findings.md'}")
+    print("\n".join(summary.lines()))
     return 0

@@ -117,13 +117,17 @@ GROUP_ROLES = {
 }
 
 
-def family_of(backbone: nn.Module) -> Family:
-    model_type = getattr(getattr(backbone, "config", None), "model_type", None)
+def family_for_model_type(model_type: str | None) -> Family:
+    """The family of a Hugging Face ``config.model_type``; anything else is refused in one line."""
     for fam in FAMILIES:
         if model_type in fam.model_types:
             return fam
     known = ", ".join(t for f in FAMILIES for t in f.model_types)
     raise UserError(f"model type {model_type!r} is not supported (supported: {known})")
+
+
+def family_of(backbone: nn.Module) -> Family:
+    return family_for_model_type(getattr(getattr(backbone, "config", None), "model_type", None))
 
 
 def known_roles(fam: Family) -> list[str]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from apet_ray.delta.layers import AddedParam, DeltaLinear
 from apet_ray.delta.masked import MaskedTensor
+from apet_ray.delta import masks
 from apet_ray.delta.masks import MASKS
 from apet_ray.delta.ops import LowRank, Plugin, PromptTokens
 from apet_ray.delta.plan import Placement, Plan, Slot, backbone_of, make_plan
@@ -45,15 +46,19 @@ def _generator(spec: DeltaSpec, path: str, slot: str) -> torch.Generator:
     return torch.Generator().manual_seed(spec.seed * 1_000_003 + key)
 
 
-def _masked(model: nn.Module, spec: DeltaSpec, placement: Placement, slot: Slot, like: torch.Tensor) -> MaskedTensor | None:
+def _masked(model: nn.Module, spec: DeltaSpec, placement: Placement, slot: Slot, like: torch.Tensor,
+            indices: torch.Tensor | None = None) -> MaskedTensor | None:
+    """The masked tensor of ``slot``: at ``indices`` when given (aligned pairs), else where
+    the spec's mask function puts ``slot.k`` entries."""
     if slot.k == 0:  # a tensor that got no share of a small budget stays absent (zero)
         return None
     if like.is_meta:
         indices = torch.empty(slot.k, dtype=torch.long, device="meta")
         return MaskedTensor(slot.shape, indices, torch.empty(slot.shape, dtype=like.dtype, device="meta"))
     gen = _generator(spec, placement.path, slot.name)
-    distribution = "full" if slot.k == slot.numel else spec.distribution
-    indices = MASKS[distribution](slot.shape, slot.k, gen)
+    if indices is None:
+        distribution = "full" if slot.k == slot.numel else spec.distribution
+        indices = MASKS[distribution](slot.shape, slot.k, gen)
     init = _initial(model, slot, gen, like.dtype)
     return MaskedTensor(slot.shape, indices.to(like.device), init.to(like.device))
 
@@ -93,7 +98,8 @@ def _install(model: nn.Module, placement: Placement, spec: DeltaSpec) -> None:
         return
     layer = host if isinstance(host, DeltaLinear) else DeltaLinear(host)
     like = layer.base.weight
-    made = {s.name: _masked(model, spec, placement, s, like) for s in placement.slots}
+    aligned = _aligned_indices(spec, placement) if placement.block else {}
+    made = {s.name: _masked(model, spec, placement, s, like, aligned.get(s.name)) for s in placement.slots}
     if placement.kind == "weight":
         layer.weight_delta = made["weight_delta"]
     elif placement.kind == "bias":
@@ -105,6 +111,24 @@ def _install(model: nn.Module, placement: Placement, spec: DeltaSpec) -> None:
     _replace(model, placement.path, layer)
 
 
+def _aligned_indices(spec: DeltaSpec, placement: Placement) -> dict[str, torch.Tensor]:
+    """An Adjacent pair's masks: one block of m rank (bottleneck) indices from a random j0,
+    rows of the row side and the same columns of the column side (``plan._align_pairs``)."""
+    m, size = placement.block, placement.size
+    j0 = int(torch.randint(size - m + 1, (1,), generator=_generator(spec, placement.path, "block")))
+    slots = {s.name: s for s in placement.slots}
+    if placement.kind == "lowrank":
+        a, b = slots["A"], slots["B"]
+        return {"A": masks.row_run(a.shape, a.k, j0), "B": masks.column_run(b.shape, b.k, j0)}
+    down, bias, up = slots["down"], slots["down_bias"], slots["up"]
+    d = down.shape[1]
+    # the down projection and its bias as one (size, d + 1) matrix: row j0 onwards, row-major
+    flat = masks.row_run((size, d + 1), down.k + bias.k, j0)
+    rows, cols = flat // (d + 1), flat % (d + 1)
+    out = {"down": rows[cols < d] * d + cols[cols < d], "down_bias": rows[cols == d], "up": masks.column_run(up.shape, up.k, j0)}
+    return out
+
+
 def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -114,36 +138,28 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
 
 # ---- the public surface: count, mark, state --------------------------------------------
 
-def _unique_params(module: nn.Module):
-    seen: set[int] = set()
-    for name, p in module.named_parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            yield name, p
-
-
 def count_trainable(model: nn.Module) -> int:
     """Every parameter that trains: deltas, in-place weights and a classifier head."""
-    return sum(p.numel() for _, p in _unique_params(model) if p.requires_grad)
+    return sum(p.numel() for _, p in model.named_parameters() if p.requires_grad)
 
 
 def count_deltas(model: nn.Module) -> int:
     """Trainable parameters of the deltas only (a wrapper's ``head`` excluded): the mask count."""
     head = getattr(model, "head", None)
     in_head = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
-    return sum(p.numel() for _, p in _unique_params(model) if p.requires_grad and id(p) not in in_head)
+    return sum(p.numel() for _, p in model.named_parameters() if p.requires_grad and id(p) not in in_head)
 
 
 def count_backbone(model: nn.Module) -> int:
     """Parameters of the pre-trained backbone, tied weights counted once, deltas excluded."""
     backbone, _ = backbone_of(model)
     delta_ids = {id(m.values) for m in model.modules() if isinstance(m, MaskedTensor)}
-    return sum(p.numel() for _, p in _unique_params(backbone) if id(p) not in delta_ids)
+    return sum(p.numel() for _, p in backbone.named_parameters() if id(p) not in delta_ids)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Trainable parameters plus the mask indices: all a checkpoint of the deltas needs."""
-    state = {name: p for name, p in _unique_params(model) if p.requires_grad}
+    state = {name: p for name, p in model.named_parameters() if p.requires_grad}
     for name, m in model.named_modules():
         if isinstance(m, MaskedTensor):
             state[f"{name}.indices"] = m.indices

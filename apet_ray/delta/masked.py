@@ -60,20 +60,6 @@ class MaskedTensor(nn.Module):
         dense = v.new_zeros(self.numel_dense)
         return dense.scatter(0, self.indices, v).view(self.shape)
 
-    def row_block(self) -> tuple[int, int, torch.Tensor] | None:
-        """For a contiguous run on a 2-D weight: (first_row, last_row_exclusive, block).
-
-        Lets a layer multiply by only the rows the run touches instead of the dense W~.
-        """
-        if self.run_start is None or len(self.shape) != 2:
-            return None
-        cols = self.shape[1]
-        r0 = self.run_start // cols
-        r1 = -(-(self.run_start + self.k) // cols)
-        before = self.run_start - r0 * cols
-        after = r1 * cols - self.run_start - self.k
-        return r0, r1, F.pad(self.values, (before, after)).view(r1 - r0, cols)
-
     def extra_repr(self) -> str:
         layout = "full" if self.is_full else ("adjacent" if self.run_start is not None else "discrete")
         return f"shape={self.shape}, k={self.k}, layout={layout}"

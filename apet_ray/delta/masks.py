@@ -73,6 +73,21 @@ def _check(shape: tuple[int, ...], k: int, n: int) -> None:
 MASKS: dict[str, MaskFn] = {"full": full, "adjacent": adjacent, "discrete": discrete}
 
 
+# ---- aligned blocks for Adjacent pairs (see plan._align_pairs) --------------------------
+
+def row_run(shape: tuple[int, int], k: int, first_row: int) -> torch.Tensor:
+    """k entries of a 2-D tensor in row-major order from the start of ``first_row``."""
+    start = first_row * shape[1]
+    return torch.arange(start, start + k)
+
+
+def column_run(shape: tuple[int, int], k: int, first_col: int) -> torch.Tensor:
+    """k entries of a 2-D tensor in column-major order from the top of ``first_col``:
+    whole columns, then part of one, as flat row-major indices (sorted)."""
+    p = torch.arange(k)
+    return ((p % shape[0]) * shape[1] + first_col + p // shape[0]).sort().values
+
+
 def is_contiguous(indices: torch.Tensor) -> bool:
     """True when sorted flat indices form one run (start, start+1, ...)."""
     if indices.numel() == 0 or indices.is_meta:

@@ -13,6 +13,12 @@ Budget rules
 - No counted value may be one that can never train: at tiny budgets the split can leave
   one factor of a low-rank pair (or of a plugin) empty, which freezes the other at zero
   gradient, so entries move until every pair that has entries has them on both sides.
+- Adjacent pairs are aligned: a rank (bottleneck) index j carries a value only through
+  A's row j and B's column j together, so an Adjacent low-rank pair or plugin trains one
+  contiguous block of indices on both sides -- rows j0..j0+m of A (row-major), columns
+  j0..j0+m of B (column-major) -- and its count is split so both sides touch exactly
+  those m indices. A row-major run on B would leave a quarter of a budget in columns whose
+  A row is empty, at zero gradient forever.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Placement:
     slots: list[Slot]
     size: int | None = None  # rank / bottleneck / prompt length
     param: str | None = None  # for kind == "param": which parameter of the module
+    block: int | None = None  # aligned Adjacent pair: rank/bottleneck indices both sides train
 
 
 @dataclass
@@ -105,6 +112,8 @@ def make_plan(model: nn.Module, spec: DeltaSpec) -> Plan:
                 s.k = s.numel
     else:
         _allocate(plan, requested)
+        if spec.distribution == "adjacent":
+            _align_pairs(plan)
     return plan
 
 
@@ -155,12 +164,8 @@ def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[tuple[str,
 
 def _placement(kind: str, path: str, module: nn.Module, param: str | None, size: int | None, backbone: nn.Module) -> Placement:
     if kind == "inplace":
-        seen: set[int] = set()
-        slots = []
-        for name, p in module.named_parameters():
-            if id(p) not in seen:  # tied weights are one parameter and count once
-                seen.add(id(p))
-                slots.append(Slot(name, tuple(p.shape), "inplace"))
+        # named_parameters() yields a tied parameter once: it trains (and counts) once
+        slots = [Slot(name, tuple(p.shape), "inplace") for name, p in module.named_parameters()]
         return Placement(kind, path, slots)
     if kind == "prompt":
         d = backbone.get_input_embeddings().weight.shape[1]
@@ -292,3 +297,72 @@ def _no_dead_values(plan: Plan) -> None:
         moved = min(orphans, s.numel - s.k)
         s.k += moved
         orphans -= moved
+
+
+# ---- Adjacent pairs: one aligned block of rank / bottleneck indices --------------------
+
+def pair_units(p: Placement) -> tuple[int, int]:
+    """Entries per rank (bottleneck) index on the row side and on the column side.
+
+    Low-rank: A's row (in) and B's column (out). Plugin: the down projection's row plus
+    its bias entry (d + 1; the bias is the augmented row's last column) and the up
+    projection's column (d); the up bias is outside the pair and trains on its own."""
+    if p.kind == "lowrank":
+        a, b = p.slots
+        return a.shape[1], b.shape[0]
+    down = next(s for s in p.slots if s.name == "down")
+    return down.shape[1] + 1, down.shape[1]
+
+
+def _aligned_split(k: int, row: int, col: int) -> tuple[int, int, int] | None:
+    """(row-side entries, column-side entries, indices m) covering exactly m indices on
+    both sides, or None when k cannot be split so (it is one more than m-1 full indices)."""
+    if k == 0:
+        return 0, 0, 0
+    m = -(-k // (row + col))
+    lo, hi = max((m - 1) * row + 1, k - m * col), min(m * row, k - (m - 1) * col - 1)
+    if lo > hi:
+        return None
+    k_row = min(max(round(k * row / (row + col)), lo), hi)
+    return k_row, k - k_row, m
+
+
+def _set_aligned(p: Placement, k_pair: int) -> bool:
+    split = _aligned_split(k_pair, *pair_units(p))
+    if split is None:
+        return False
+    k_row, k_col, p.block = split
+    if p.kind == "lowrank":
+        p.slots[0].k, p.slots[1].k = k_row, k_col
+        return True
+    slots = {s.name: s for s in p.slots}
+    d = slots["down"].shape[1]
+    slots["down_bias"].k = k_row // (d + 1)  # the augmented rows' last column
+    slots["down"].k = k_row - slots["down_bias"].k
+    slots["up"].k = k_col
+    return True
+
+
+def _align_pairs(plan: Plan) -> None:
+    """Re-split each Adjacent pair so both sides cover the same indices; the count stays
+    exact. A pair whose share is one entry past whole indices hands that entry on (to its
+    up bias, else to the next pair)."""
+    pairs = [p for p in plan.placements if p.kind in PAIRED]
+    carry = 0
+    for p in pairs:
+        free = next((s for s in p.slots if s.name == "up_bias"), None)
+        k_pair = sum(s.k for s in p.slots) - (free.k if free else 0) + carry
+        carry = 0
+        if not _set_aligned(p, k_pair):
+            if free is not None and free.k < free.numel:
+                free.k += 1
+            else:
+                carry = 1
+            _set_aligned(p, k_pair - 1)
+    for p in pairs if carry else ():
+        k_pair = sum(s.k for s in p.slots if s.name != "up_bias")
+        if k_pair + 1 <= sum(s.numel for s in p.slots if s.name != "up_bias") and _set_aligned(p, k_pair + 1):
+            return
+    if carry:
+        raise UserError(f"budget {plan.count + 1:,} cannot be laid out as aligned Adjacent blocks for "
+                        f"{plan.spec.op} on this model: ask for one more or one fewer")

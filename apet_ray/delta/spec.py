@@ -12,12 +12,10 @@ import json
 import numbers
 from dataclasses import dataclass
 
+from apet_ray.delta.methods import APET, OPS, get_method, label_of, matchable_methods, method_names
 from apet_ray.errors import UserError
 
-OPS = ("add", "concat", "plugin")
 DISTRIBUTIONS = ("full", "adjacent", "discrete")
-PET_METHODS = ("prompt", "bitfit", "lora", "adapter", "ft")
-METHODS = PET_METHODS + ("apet",)
 
 
 @dataclass(frozen=True)
@@ -41,17 +39,9 @@ class DeltaSpec:
     # ---- constructors -------------------------------------------------------------
     @staticmethod
     def pet(method: str, seed: int = 0) -> "DeltaSpec":
-        """A PET method with the paper's settings (SPEC §2)."""
-        presets = {
-            "prompt": dict(op="concat", positions=("embeddings",), size=100),
-            "bitfit": dict(op="add", positions=("biases",)),
-            "lora": dict(op="concat", positions=("query", "value"), size=8, alpha=16.0),
-            "adapter": dict(op="plugin", positions=("attn_out", "ffn_out"), size=24),
-            "ft": dict(op="add", positions=("all",)),
-        }
-        if method not in presets:
-            raise UserError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
-        return DeltaSpec(method=method, seed=seed, **presets[method]).validated()
+        """A registered PET method with its preset settings (``delta.methods``)."""
+        m = get_method(method)
+        return DeltaSpec(method=m.name, op=m.op, positions=m.positions, size=m.size, alpha=m.alpha, seed=seed).validated()
 
     @staticmethod
     def apet(
@@ -75,7 +65,7 @@ class DeltaSpec:
         if op not in OPS:
             raise UserError(f"unknown op {op!r} (known: {', '.join(OPS)})")
         if positions is None:
-            matched = DeltaSpec.pet(match) if match is not None and match in PET_METHODS else None
+            matched = DeltaSpec.pet(match) if match is not None and match in matchable_methods() else None
             if matched is not None and matched.op == op and op != "add":
                 positions = matched.positions
             else:
@@ -99,7 +89,7 @@ class DeltaSpec:
         seed: int = 0,
     ) -> "DeltaSpec":
         """One entry point for command lines and study configs."""
-        if method == "apet":
+        if method == APET:
             return DeltaSpec.apet(op or "add", distribution or "discrete", budget, match, positions, size, density, seed)
         given = {"--op": op, "--distribution": distribution, "--budget": budget, "--match": match,
                  "--positions": positions, "--size": size}
@@ -110,8 +100,8 @@ class DeltaSpec:
 
     # ---- checks -----------------------------------------------------------------
     def validated(self) -> "DeltaSpec":
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r} (known: {', '.join(METHODS)})")
+        if self.method not in method_names():
+            raise UserError(f"unknown method {self.method!r} (known: {', '.join(method_names())})")
         if self.op not in OPS:
             raise UserError(f"unknown op {self.op!r} (known: {', '.join(OPS)})")
         if self.distribution not in DISTRIBUTIONS:
@@ -122,10 +112,10 @@ class DeltaSpec:
             raise UserError("give either a budget or a method to match, not both")
         if self.budget is not None:
             check_budget(self.budget)
-        if self.match is not None and self.match not in PET_METHODS:
-            raise UserError(f"cannot match unknown method {self.match!r} (known: {', '.join(PET_METHODS)})")
-        if self.match == "ft":
-            raise UserError("matching full fine-tuning's count is not a parameter-efficient budget; give --budget N")
+        if self.match is not None and self.match not in matchable_methods():
+            if self.match in method_names():
+                raise UserError(f"matching {label_of(self.match)}'s count is not a parameter-efficient budget; give --budget N")
+            raise UserError(f"cannot match unknown method {self.match!r} (known: {', '.join(matchable_methods())})")
         if self.method == "apet" and self.budget is None and self.match is None:
             raise UserError("APET needs --budget N or --match METHOD")
         if self.method == "apet" and self.distribution == "full":
@@ -149,9 +139,9 @@ class DeltaSpec:
     @property
     def label(self) -> str:
         """Human-readable name, e.g. ``APET-Discrete (add, =LoRA)``."""
-        if self.method != "apet":
-            return {"prompt": "Prompt", "bitfit": "BitFit", "lora": "LoRA", "adapter": "Adapter", "ft": "FT"}[self.method]
-        target = f"={self.match}" if self.match else f"{self.budget:,}"
+        if self.method != APET:
+            return label_of(self.method)
+        target = f"={label_of(self.match)}" if self.match else f"{self.budget:,}"
         return f"APET-{self.distribution.capitalize()} ({self.op}, {target})"
 
 

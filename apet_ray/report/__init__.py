@@ -17,7 +17,6 @@ from pathlib import Path
 
 from apet_ray.errors import UserError
 from apet_ray.report.data import SCORE_COLUMNS, prepare
-from apet_ray.report.figures import FIGURES, Skip
 from apet_ray.report.findings import Finding, judge
 from apet_ray.report.findings import to_markdown as findings_markdown
 from apet_ray.report.tables import write_tables
@@ -43,6 +42,16 @@ class ReportSummary:
     notes: list[str] = field(default_factory=list)
     n_trials: int = 0
 
+    def lines(self) -> list[str]:
+        """What was written and concluded, one line each, for a console."""
+        out = [f"report: {self.index}  ({self.n_trials} trials)",
+               f"tables: {', '.join(str(p) for p in self.tables)}"]
+        out += [f"figure {name}: {', '.join(str(p) for p in paths)}" for name, paths in self.figures.items()]
+        out += [f"figure {name}: not drawn ({why})" for name, why in self.skipped.items()]
+        out += [f"problem: {problem}" for problem in self.problems]
+        out += [f"finding {f.number}: {f.verdict} — {f.claim}" for f in self.findings]
+        return out + [f"findings: {self.out_dir / 'findings.md'}"]
+
 
 def make_report(
     results_dir: str | os.PathLike[str],
@@ -55,6 +64,10 @@ def make_report(
     ``score`` picks each trial's "final" or "best" score; ``figures`` limits which figures
     are drawn (names as in ``FIGURES``; default all).
     """
+    # matplotlib loads only when figures are drawn: tables and findings don't need it
+    from apet_ray.report.figures import FIGURES
+    from apet_ray.report.plotting import Skip
+
     if score not in SCORE_COLUMNS:
         raise UserError(f"score must be one of {', '.join(SCORE_COLUMNS)}, not {score!r}")
     wanted = list(FIGURES) if figures is None else list(figures)

@@ -7,30 +7,19 @@ would bias every comparison.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from apet_ray.results import PET_METHODS, Results
+from apet_ray.delta.methods import label_of, order_of, pet_methods
+from apet_ray.results import Results
+from apet_ray.tasks import TASKS
 
 SCORE_COLUMNS = {"final": "final_score", "best": "best_score"}
-
-_METHOD_NAMES = {"prompt": "Prompt", "bitfit": "BitFit", "lora": "LoRA", "adapter": "Adapter", "ft": "FT"}
-# order in tables and legends: the reference first, then the paper's PET order, then APET
-METHOD_ORDER = {"ft": 0, "prompt": 1, "bitfit": 2, "lora": 3, "adapter": 4, "apet": 5}
 METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "rougeL": "ROUGE-L"}
-
-# the paper's task types (SPEC §5), used when the trials table doesn't say (transfer rows)
-_PAPER_TASK_TYPES = {
-    "sst2": "SA", "imdb": "SA", "rottentomatoes": "SA",
-    "mnli": "NLI", "qnli": "NLI", "rte": "NLI",
-    "mrpc": "PI", "qqp": "PI",
-    "nqopen": "QA",
-    "samsum": "SUM", "multinews": "SUM",
-}  # fmt: skip
 TASK_TYPE_ORDER = {"SA": 0, "NLI": 1, "PI": 2, "QA": 3, "SUM": 4}
+FAMILY_LABELS = {"bert": "BERT", "t5": "T5"}
 
 
 def _text(value: object) -> str:
@@ -41,29 +30,35 @@ def _text(value: object) -> str:
 
 
 def method_label(method: object, op: object = "", distribution: object = "", match: object = "") -> str:
-    """Human label of a method, e.g. "LoRA" or "APET-Discrete (add, =LoRA)"."""
+    """Human label of a method, e.g. "LoRA" or "APET-Discrete (add, =LoRA)" (``delta.methods``)."""
     method, op, distribution, match = (_text(v) for v in (method, op, distribution, match))
     if method != "apet":
-        return _METHOD_NAMES.get(method, method)
+        return label_of(method)
     name = f"APET-{distribution.capitalize()}" if distribution else "APET"
     inside = [op] if op else []
     if match:
-        inside.append(f"={_METHOD_NAMES.get(match, match)}")
+        inside.append(f"={label_of(match)}")
     return f"{name} ({', '.join(inside)})" if inside else name
 
 
-def model_family(model: object) -> str:
-    """The model's family, "T5", "BERT" or "other": sizes are compared within a family, as in the paper."""
-    name = _text(model).lower()
-    if "t5" in name:
-        return "T5"
-    if "bert" in name or "minilm" in name:
-        return "BERT"
-    return "other"
+def family_label(family: object, model: object) -> str:
+    """"BERT", "T5", or the model itself when the row predates the family column: sizes are
+    compared within a family, as in the paper, and an unknown family is compared with nothing."""
+    family = _text(family)
+    return FAMILY_LABELS.get(family, family) if family else f"? {_text(model)}"
 
 
-def paper_task_type(task: str) -> str:
-    return _PAPER_TASK_TYPES.get(re.sub(r"[^a-z0-9]", "", task.lower()), "")
+def registered_task_type(task: str) -> str:
+    """A built-in task's type in the paper's spelling (SA, NLI...); "" for any other."""
+    return TASKS[task].type.upper() if task in TASKS else ""
+
+
+def human(n: float) -> str:
+    """1234567 -> "1.23M"; compact parameter counts for labels and findings."""
+    for value, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= value:
+            return f"{n / value:.3g}{suffix}"
+    return f"{n:.3g}"
 
 
 def metric_label(metric: str) -> str:
@@ -87,7 +82,8 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
 
 
-_KEY_TEXT = ("study", "model", "task", "task_type", "method", "op", "distribution", "match", "metric", "status")
+_KEY_TEXT = ("study", "model", "family", "task", "task_type", "method", "op", "distribution", "match", "metric",
+             "status")
 
 
 def _clean_text(df: pd.DataFrame) -> pd.DataFrame:
@@ -115,10 +111,10 @@ def prepare(results: Results, score: str = "final") -> ReportData:
     trials["label"] = [
         method_label(*r) for r in trials[["method", "op", "distribution", "match"]].itertuples(index=False)
     ]
-    trials["family"] = trials["model"].map(model_family)
-    trials["method_rank"] = trials["method"].map(METHOD_ORDER).fillna(9)
+    trials["family"] = [family_label(f, m) for f, m in zip(trials["family"], trials["model"])]
+    trials["method_rank"] = trials["method"].map(order_of)
 
-    task_types = {t: paper_task_type(t) for t in _all_tasks(results)}
+    task_types = {t: registered_task_type(t) for t in _all_tasks(results)}
     task_types.update(dict(zip(trials["task"], trials["task_type"])))
 
     curves = _clean_text(results.curves)
@@ -186,7 +182,7 @@ def pet_default(trials: pd.DataFrame) -> pd.DataFrame:
     those are set aside here. If a method still has several budgets on one model and task,
     the budget with the most trials is kept (ties: the smaller budget).
     """
-    pet = trials[trials["method"].isin((*PET_METHODS, "ft"))]
+    pet = trials[trials["method"].isin(pet_methods())]
     pet = pet[pet["requested_params"].isna()]
     if pet.empty:
         return pet
@@ -194,3 +190,28 @@ def pet_default(trials: pd.DataFrame) -> pd.DataFrame:
     counts = counts.sort_values(["n", "delta_params"], ascending=[False, True])
     keep = counts.drop_duplicates(["task", "model", "method"])[["task", "model", "method", "delta_params"]]
     return pet.merge(keep, on=["task", "model", "method", "delta_params"])
+
+
+def structure_frame(data: ReportData) -> pd.DataFrame:
+    """Trials of the structure ablation: each PET method and the APET trials matching its count.
+
+    Columns added: ``group`` (the matched PET method) and ``structure`` ("PET",
+    "APET-Adjacent (add)", ...). Shared by Fig. 5 and finding 2.
+    """
+    trials = data.trials
+    apet = trials[(trials["method"] == "apet") & (trials["match"] != "")].copy()
+    if apet.empty:
+        return apet.assign(group=[], structure=[])
+    apet["group"] = apet["match"]
+    apet["structure"] = [f"APET-{d.capitalize() or '?'} ({o or '?'})" for d, o in zip(apet["distribution"], apet["op"])]
+    pet = pet_default(trials)
+    pet = pet[pet["method"].isin(set(apet["match"]))].copy()
+    pet["group"] = pet["method"]
+    pet["structure"] = "PET"
+    return pd.concat([pet, apet], ignore_index=True)
+
+
+def transfer_matrix(rows: pd.DataFrame) -> pd.DataFrame:
+    """Source x target mean relative transfer (each seed counted once)."""
+    per_seed = rows.groupby(["source_task", "target_task", "seed"])["relative_value"].mean()
+    return per_seed.groupby(level=[0, 1]).mean().unstack("target_task")

@@ -2,9 +2,8 @@
 
 Each ``figN_*`` function takes the prepared ``ReportData`` and an output folder, writes
 ``<name>.png`` and ``<name>.svg`` and returns their paths, or raises ``Skip`` with the
-reason when the results hold no data for it. Figures are built on ``matplotlib.figure.Figure``
-directly (rendered by Agg for PNG), which never touches pyplot's global backend or state.
-Scores are drawn in percent.
+reason when the results hold no data for it (drawing helpers: ``plotting``). Scores are
+drawn in percent.
 """
 
 from __future__ import annotations
@@ -13,89 +12,16 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from apet_ray.report.data import (
-    TASK_TYPE_ORDER,
-    ReportData,
-    metric_label,
-    pet_default,
-    seed_stats,
-)
+from apet_ray.delta.methods import label_of, order_of
+from apet_ray.report.data import ReportData, human, pet_default, seed_stats, structure_frame, transfer_matrix
+from apet_ray.report.plotting import (Skip, label_colors, ordered_labels, panel_grid, panel_metric_label, save_figure,
+                                      suptitle, task_sort_key)
 from apet_ray.report.thresholds import HIGH_TOL, LOW_MARGIN, mean_by_budget, threshold_table
-
-
-class Skip(Exception):
-    """The results hold no data for this figure; the message says what is missing."""
-
-
-def human(n: float) -> str:
-    """1234567 -> "1.23M"; compact parameter counts for tick labels."""
-    for value, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= value:
-            return f"{n / value:.3g}{suffix}"
-    return f"{n:.3g}"
-
-
-def _panels(n: int, width: float = 4.6, height: float = 3.6, max_cols: int = 3) -> tuple[Figure, list[Axes]]:
-    cols = min(n, max_cols)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(width * cols, height * rows + 0.6), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, axes[:n]
-
-
-def _title(fig, text: str) -> None:
-    """A suptitle wrapped to the figure's width (single-panel figures are narrow)."""
-    import textwrap
-
-    chars = max(30, int(fig.get_figwidth() * 9))  # about 9 characters per inch at the default size
-    fig.suptitle(textwrap.fill(text, chars))
-
-
-def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=120, bbox_inches="tight")  # keep legends placed outside the axes
-    # the constrained layout was solved while drawing the PNG; freeze it rather than solve it
-    # again for the SVG (layout is about half the drawing time)
-    fig.set_layout_engine("none")
-    # text stays text in the SVG (editable, searchable) instead of becoming glyph outlines
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(paths[1], bbox_inches="tight")
-    return paths
-
-
-def _colors(labels: list[str]) -> dict[str, str]:
-    cycle = [f"C{i}" for i in range(10)]
-    return {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
-
-
-def _ordered_labels(df: pd.DataFrame) -> list[str]:
-    """Labels in the paper's method order (PET methods, then APET variants)."""
-    order = df.drop_duplicates("label").sort_values(["method_rank", "label"]) if "method_rank" in df else df
-    return list(dict.fromkeys(order["label"]))
-
-
-_PET_NAMES = {"prompt": "Prompt", "bitfit": "BitFit", "lora": "LoRA", "adapter": "Adapter"}
-
-
-def _task_key(task: str, data: ReportData) -> tuple[int, str, str]:
-    """Sort key putting tasks in the paper's type order (SA, NLI, PI, QA, SUM)."""
-    kind = data.task_types.get(task, "")
-    return (TASK_TYPE_ORDER.get(kind, len(TASK_TYPE_ORDER)), kind, task)
-
-
-def _panel_metric(df: pd.DataFrame) -> str:
-    metrics = sorted(set(df["metric"]) - {""})
-    return metric_label(metrics[0]) if len(metrics) == 1 else "score (%)"
 
 
 # ---------------------------------------------------------------- Fig. 3
@@ -137,13 +63,13 @@ def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
             panels.append((key, group))
     if not panels:
         raise Skip("needs one PET method on at least 2 model sizes of the same task")
-    panels.sort(key=lambda kv: (_task_key(kv[0][0], data), kv[0]))
+    panels.sort(key=lambda kv: (task_sort_key(kv[0][0], data), kv[0]))
     with_sizes = {key for key, _ in panels}
     panels = task_average(stats[[key in with_sizes for key in zip(stats["task"], stats["family"])]]) + panels
-    colors = _colors(_ordered_labels(stats[stats["method"] != "ft"]))
-    fig, axes = _panels(len(panels))
+    colors = label_colors(ordered_labels(stats[stats["method"] != "ft"]))
+    fig, axes = panel_grid(len(panels))
     for ax, ((task, family), group) in zip(axes, panels):
-        for label in _ordered_labels(group[group["method"] != "ft"]):
+        for label in ordered_labels(group[group["method"] != "ft"]):
             line = group[group["label"] == label].sort_values("total_params")
             ax.errorbar(
                 line["total_params"], 100 * line["mean"], yerr=100 * line["std"].fillna(0),
@@ -161,35 +87,16 @@ def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
         )
         ax.minorticks_off()
         ax.set_xlabel("backbone parameters (log scale)")
-        ax.set_ylabel(_panel_metric(group))
+        ax.set_ylabel(panel_metric_label(group))
         ax.set_title(f"{task} ({family})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _title(fig, "Fig. 3 — PET methods vs model scale (per task: mean ± std over seeds; "
+    suptitle(fig, "Fig. 3 — PET methods vs model scale (per task: mean ± std over seeds; "
                 "\"mean of N tasks\": the paper's per-family average)")
-    return _save(fig, out_dir, "fig3_scaling")
+    return save_figure(fig, out_dir, "fig3_scaling")
 
 
 # ---------------------------------------------------------------- Fig. 5
-
-
-def structure_frame(data: ReportData) -> pd.DataFrame:
-    """Trials of the structure ablation: each PET method and the APET trials matching its count.
-
-    Columns added: ``group`` (the matched PET method) and ``structure`` ("PET",
-    "APET-Adjacent (add)", ...). Shared by Fig. 5 and finding 2.
-    """
-    trials = data.trials
-    apet = trials[(trials["method"] == "apet") & (trials["match"] != "")].copy()
-    if apet.empty:
-        return apet.assign(group=[], structure=[])
-    apet["group"] = apet["match"]
-    apet["structure"] = [f"APET-{d.capitalize() or '?'} ({o or '?'})" for d, o in zip(apet["distribution"], apet["op"])]
-    pet = pet_default(trials)
-    pet = pet[pet["method"].isin(set(apet["match"]))].copy()
-    pet["group"] = pet["method"]
-    pet["structure"] = "PET"
-    return pd.concat([pet, apet], ignore_index=True)
 
 
 def fig5_structure(data: ReportData, out_dir: Path) -> list[Path]:
@@ -209,11 +116,11 @@ def fig5_structure(data: ReportData, out_dir: Path) -> list[Path]:
     with_apet = stats[stats["structure"] != "PET"][["task", "model"]].drop_duplicates()
     stats = stats.merge(with_apet, on=["task", "model"])
     panels = sorted(
-        stats.groupby(["task", "family", "total_params", "model"]), key=lambda kv: (_task_key(kv[0][0], data), kv[0])
+        stats.groupby(["task", "family", "total_params", "model"]), key=lambda kv: (task_sort_key(kv[0][0], data), kv[0])
     )
-    fig, axes = _panels(len(panels))
+    fig, axes = panel_grid(len(panels))
     for ax, ((task, _family, _size, model), group) in zip(axes, panels):
-        groups = [g for g in ("prompt", "bitfit", "lora", "adapter") if g in set(group["group"])]
+        groups = sorted(set(group["group"]), key=order_of)
         present = [s for s in structures if s in set(group["structure"])]
         width = 0.8 / len(present)
         for j, structure in enumerate(present):
@@ -224,18 +131,18 @@ def fig5_structure(data: ReportData, out_dir: Path) -> list[Path]:
                 color=colors[structure], label=structure,
             )  # fmt: skip
         deltas = group.groupby("group")["delta"].mean()
-        ax.set_xticks(range(len(groups)), labels=[f"={_PET_NAMES[g]}\n{human(deltas[g])}" for g in groups])
+        ax.set_xticks(range(len(groups)), labels=[f"={label_of(g)}\n{human(deltas[g])}" for g in groups])
         # bars start near the lowest score, not at 0: the differences are the point; ticks show the scale
         low = float((100 * (group["mean"] - group["std"].fillna(0))).min())
         ax.set_ylim(bottom=max(0.0, 5 * math.floor((low - 5) / 5)))
         ax.set_xlabel("matched PET method and its trainable-parameter count")
-        ax.set_ylabel(_panel_metric(group))
+        ax.set_ylabel(panel_metric_label(group))
         ax.set_title(f"{task} · {model}")
         ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=colors[s], label=s) for s in structures]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2))
-    _title(fig, "Fig. 5 — module structure at equal parameter count (mean ± std over seeds; y axis cut)")
-    return _save(fig, out_dir, "fig5_structure")
+    suptitle(fig, "Fig. 5 — module structure at equal parameter count (mean ± std over seeds; y axis cut)")
+    return save_figure(fig, out_dir, "fig5_structure")
 
 
 # ---------------------------------------------------------------- Fig. 6
@@ -272,15 +179,15 @@ def fig6_convergence(data: ReportData, out_dir: Path) -> list[Path]:
             panels.append((key, group, pairs))
     if not panels:
         raise Skip("needs curves of APET-Adjacent and APET-Discrete trials with the same op, match and count")
-    panels.sort(key=lambda p: (_task_key(p[0][0], data), p[0]))
+    panels.sort(key=lambda p: (task_sort_key(p[0][0], data), p[0]))
     trials = data.trials.set_index("trial_id")
     style = {"adjacent": "-", "discrete": "--"}
-    fig, axes = _panels(len(panels))
+    fig, axes = panel_grid(len(panels))
     for ax, ((task, _size, model), group, pairs) in zip(axes, panels):
         handles = []
         for i, (op, match, delta) in enumerate(pairs[:MAX_CONVERGENCE_PAIRS]):
             color = f"C{i}"
-            name = f"{op or '?'}{', =' + _PET_NAMES.get(match, match) if match else ''} · {human(delta)} params"
+            name = f"{op or '?'}{', =' + label_of(match) if match else ''} · {human(delta)} params"
             handles.append(Patch(color=color, label=name))
             for dist in ("adjacent", "discrete"):
                 rows = group[(group["op"] == op) & (group["match"] == match)
@@ -300,11 +207,11 @@ def fig6_convergence(data: ReportData, out_dir: Path) -> list[Path]:
             handles.append(Patch(color="none", label=f"({len(pairs) - MAX_CONVERGENCE_PAIRS} more configs not drawn)"))
         ax.legend(handles=handles, fontsize=7, loc="lower right")
         ax.set_xlabel("training step")
-        ax.set_ylabel(_panel_metric(group))
+        ax.set_ylabel(panel_metric_label(group))
         ax.set_title(f"{task} · {model}")
         ax.grid(alpha=0.3)
-    _title(fig, "Fig. 6 — convergence of APET-Adjacent vs APET-Discrete at equal count (mean over seeds)")
-    return _save(fig, out_dir, "fig6_convergence")
+    suptitle(fig, "Fig. 6 — convergence of APET-Adjacent vs APET-Discrete at equal count (mean over seeds)")
+    return save_figure(fig, out_dir, "fig6_convergence")
 
 
 # ---------------------------------------------------------------- Fig. 7
@@ -318,11 +225,11 @@ def fig7_params(data: ReportData, out_dir: Path) -> list[Path]:
         raise Skip("needs a method trained at 2 or more budgets on one model and task")
     trials = data.trials
     panels = sorted(
-        lines.groupby(["task", "family", "total_params", "model"]), key=lambda kv: (_task_key(kv[0][0], data), kv[0])
+        lines.groupby(["task", "family", "total_params", "model"]), key=lambda kv: (task_sort_key(kv[0][0], data), kv[0])
     )
-    labels = _ordered_labels(trials[trials["label"].isin(set(lines["label"]))])
-    colors = _colors(labels)
-    fig, axes = _panels(len(panels))
+    labels = ordered_labels(trials[trials["label"].isin(set(lines["label"]))])
+    colors = label_colors(labels)
+    fig, axes = panel_grid(len(panels))
     for ax, ((task, _family, _size, model), group) in zip(axes, panels):
         panel_trials = trials[(trials["task"] == task) & (trials["model"] == model)]
         for row in group.set_index("label").loc[[lb for lb in labels if lb in set(group["label"])]].itertuples():
@@ -351,24 +258,18 @@ def fig7_params(data: ReportData, out_dir: Path) -> list[Path]:
         ax.legend(handles=handles, fontsize=7, loc="lower right")
         ax.set_xscale("log")
         ax.set_xlabel("trainable delta parameters (log scale)")
-        ax.set_ylabel(_panel_metric(panel_trials))
+        ax.set_ylabel(panel_metric_label(panel_trials))
         ax.set_title(f"{task} · {model} ({human(group['total_params'].iloc[0])})")
         ax.grid(alpha=0.3)
-    _title(fig, "Fig. 7 — score vs number of trainable parameters (mean ± std over seeds)")
-    return _save(fig, out_dir, "fig7_params")
+    suptitle(fig, "Fig. 7 — score vs number of trainable parameters (mean ± std over seeds)")
+    return save_figure(fig, out_dir, "fig7_params")
 
 
 # ---------------------------------------------------------------- Fig. 9
 
 
 def _task_order(tasks: set[str], data: ReportData) -> list[str]:
-    return sorted(tasks, key=lambda t: _task_key(t, data))
-
-
-def transfer_matrix(rows: pd.DataFrame) -> pd.DataFrame:
-    """Source x target mean relative transfer (each seed counted once)."""
-    per_seed = rows.groupby(["source_task", "target_task", "seed"])["relative_value"].mean()
-    return per_seed.groupby(level=[0, 1]).mean().unstack("target_task")
+    return sorted(tasks, key=lambda t: task_sort_key(t, data))
 
 
 def fig9_transfer(data: ReportData, out_dir: Path) -> list[Path]:
@@ -381,7 +282,7 @@ def fig9_transfer(data: ReportData, out_dir: Path) -> list[Path]:
     panels = list(transfer.groupby(["size", "model", "label"], sort=True))
     n_sources = max(g["source_task"].nunique() for _, g in panels)
     n_targets = max(g["target_task"].nunique() for _, g in panels)
-    fig, axes = _panels(len(panels), width=0.6 * n_targets + 3.4, height=0.5 * n_sources + 2.4, max_cols=2)
+    fig, axes = panel_grid(len(panels), width=0.6 * n_targets + 3.4, height=0.5 * n_sources + 2.4, max_cols=2)
     vmax = max(100.0, 100 * float(transfer["relative_value"].max()))
     for ax, ((_size, model, label), group) in zip(axes, panels):
         matrix = transfer_matrix(group)
@@ -403,8 +304,8 @@ def fig9_transfer(data: ReportData, out_dir: Path) -> list[Path]:
         ax.set_ylabel("source task (trained on) [type]")
         ax.set_title(f"{model} · {label}")
         fig.colorbar(image, ax=ax, label="relative transfer (% of in-task score)")
-    _title(fig, "Fig. 9 — zero-shot transfer relative to in-task score (mean over seeds)")
-    return _save(fig, out_dir, "fig9_transfer")
+    suptitle(fig, "Fig. 9 — zero-shot transfer relative to in-task score (mean over seeds)")
+    return save_figure(fig, out_dir, "fig9_transfer")
 
 
 FIGURES: dict[str, Callable[[ReportData, Path], list[Path]]] = {

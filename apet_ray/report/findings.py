@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from apet_ray.report.data import ReportData, pet_default, seed_stats
-from apet_ray.report.figures import human, structure_frame, transfer_matrix
+from apet_ray.report.data import ReportData, human, pet_default, seed_stats, structure_frame, transfer_matrix
 from apet_ray.report.thresholds import HIGH_TOL, LOW_MARGIN, threshold_table
 
 SUPPORTED = "supported"

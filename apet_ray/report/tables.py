@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from apet_ray.report.data import METHOD_ORDER, TASK_TYPE_ORDER, ReportData, seed_stats
+from apet_ray.delta.methods import order_of
+from apet_ray.report.data import TASK_TYPE_ORDER, ReportData, seed_stats
 
 _KEYS = ["task_type", "task", "metric", "model", "total_params", "family", "method", "label", "delta_params"]
 
@@ -33,7 +34,7 @@ def results_table(data: ReportData) -> pd.DataFrame:
     stats["score_std_pct"] = 100.0 * stats["std"]
     stats["method_label"] = stats["label"]
     stats["_type"] = stats["task_type"].map(TASK_TYPE_ORDER).fillna(len(TASK_TYPE_ORDER))
-    stats["_method"] = stats["method"].map(METHOD_ORDER).fillna(9)
+    stats["_method"] = stats["method"].map(order_of)
     stats = stats.sort_values(
         ["_type", "task_type", "task", "family", "total_params", "model", "_method", "label", "delta_params"]
     )

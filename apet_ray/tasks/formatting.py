@@ -7,7 +7,7 @@ The source names the task and each input column, as T5's own GLUE preprocessing 
     nq_open question: who wrote hamlet    -> William Shakespeare
     samsum dialogue: ...                  -> <the summary>
 
-Generated text maps back to a label id with ``parse_label``; anything that is not exactly
+A generation maps back to a label id with ``decode_generated``; anything that is not exactly
 one of the label words is -1, which scores as wrong (an untrained T5 sits at 0, SPEC §5).
 """
 
@@ -35,17 +35,29 @@ def to_text(task: Task, example: Example) -> tuple[str, str]:
     return source, example.targets[0]
 
 
-def parse_label(task: Task, generated: str) -> int:
-    """The label id whose word T5 generated (after strip + lowercase), else -1."""
+def label_token_ids(task: Task, tokenizer) -> list[list[int]]:
+    """Each label word as the content token ids (no special tokens) a model must generate."""
+    special = set(tokenizer.all_special_ids)
+    return [[t for t in tokenizer(word)["input_ids"] if t not in special] for word in task.label_words]
+
+
+def decode_generated(task: Task, ids: list[int], tokenizer, label_ids: list[list[int]] | None = None) -> int | str:
+    """One generation as ``metrics.score`` expects it: for classification the label id whose
+    word's token ids were generated exactly, up to the end-of-sequence token (-1 for
+    anything else, which scores as wrong); for generation the stripped text.
+
+    Labels are compared as token ids, not decoded text: decoding can add or drop spaces
+    (WordPiece joins sub-words), token ids cannot. Pass ``label_ids`` (``label_token_ids``)
+    to skip re-tokenising the label words for every generation.
+    """
     if not task.is_classification:
-        raise ValueError(f"{task.name} is a {task.type} task: it has no labels to parse")
-    word = generated.strip().lower()
-    for label, label_word in enumerate(task.label_words):
-        if word == label_word.strip().lower():
-            return label
-    return -1
-
-
-def decode_prediction(task: Task, generated: str) -> int | str:
-    """What ``metrics.score`` expects for one generation: a label id, or the stripped text."""
-    return parse_label(task, generated) if task.is_classification else generated.strip()
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+    label_ids = label_ids if label_ids is not None else label_token_ids(task, tokenizer)
+    special = set(tokenizer.all_special_ids)
+    content = []
+    for t in ids:
+        if t == tokenizer.eos_token_id or (t == tokenizer.sep_token_id and tokenizer.eos_token_id is None):
+            break
+        if t not in special:
+            content.append(t)
+    return label_ids.index(content) if content in label_ids else -1

@@ -23,11 +23,3 @@ def test_gradient_and_parameters_are_O_k():
     (x @ m().T).square().sum().backward()
     assert [p.numel() for p in m.parameters()] == [60]
     assert m.values.grad.shape == (60,)
-
-
-def test_row_block_matches_dense_view():
-    idx = adjacent((10, 8), 21, torch.Generator().manual_seed(2))
-    m = MaskedTensor((10, 8), idx, torch.randn(10, 8))
-    r0, r1, block = m.row_block()
-    assert torch.equal(m()[r0:r1], block)
-    assert torch.count_nonzero(m()[:r0]) == 0 and torch.count_nonzero(m()[r1:]) == 0

@@ -137,3 +137,30 @@ def test_asha_stops_the_trials_behind_at_its_first_rung(workers, tmp_path):
     assert (stopped.final_score < table.loc["ft", "final_score"]).all()
     steps = curves(tmp_path).groupby("method").step.apply(sorted)
     assert all(steps[m] == [6, 12] for m in stopped.index)
+
+
+def test_train_command_writes_the_rows_a_study_writes_for_the_same_config(tmp_path):
+    # one function turns a run record into rows, for a study's results writer and for
+    # `apet-ray train --out`: the same config gives the same rows, transfer rows included
+    from apet_ray.cli import main
+
+    common = ["--data-dir", DATA, "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--eval-limit", "16",
+              "--train-limit", "64", "--workers", "0", "--max-input-len", "64"]
+    cmd = [sys.executable, str(ROOT / "experiments" / "transfer.py"), "--models", "tiny-bert", "--tasks", "sst2",
+           "--methods", "lora", "--seeds", "0", *common, "--no-report", "--results", str(tmp_path / "study")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["train", "--model", "tiny-bert", "--task", "sst2", "--method", "lora", "--transfer-to", "sst2",
+                 *common, "--out", str(tmp_path / "train")]) == 0
+
+    def tables(folder):
+        read = {t: pd.concat([pd.read_parquet(p) for p in (folder / t).glob("*.parquet")]) for t in ("trials", "curves", "transfer")}
+        # what differs by design: who wrote it, and the clock
+        volatile = {"trial_id", "study", "code_version", "wall_time_s", "tokens_per_s", "peak_memory_mb", "elapsed_s"}
+        return {t: df.drop(columns=sorted(volatile & set(df.columns))).reset_index(drop=True) for t, df in read.items()}
+
+    study, train = tables(tmp_path / "study"), tables(tmp_path / "train")
+    assert len(study["transfer"]) == 1 and len(study["curves"]) == 2
+    for name in ("trials", "curves", "transfer"):
+        pd.testing.assert_frame_equal(study[name], train[name], check_like=True, obj=name)
+    assert train["trials"].family.item() == "bert" and train["trials"].checkpoint_bytes.item() > 0

@@ -37,8 +37,8 @@ CASES = [
     ("structure_ablation", TINY + ["--methods", "dora"], "unknown method"),
     ("structure_ablation", TINY + ["--distributions", "sideways"], "unknown distribution"),
     ("structure_ablation", with_flag(TINY, "--data-dir", "/no/such/dir"), "not found"),
-    ("structure_ablation", with_flag(TINY, "--max-steps", "0"), "max-steps"),
-    ("structure_ablation", TINY + ["--batch-size", "0"], "batch-size"),
+    ("structure_ablation", with_flag(TINY, "--max-steps", "0"), "max_steps"),
+    ("structure_ablation", TINY + ["--batch-size", "0"], "batch_size"),
     ("structure_ablation", TINY + ["--strategy", "zero3"], "unknown strategy"),
     ("structure_ablation", TINY + ["--workers", "-1"], "workers must be 0"),
     ("structure_ablation", TINY + ["--seeds", "one,two"], "seeds must be whole numbers"),
@@ -76,7 +76,7 @@ def test_bad_yaml_options_are_refused(tmp_path):
 
 def test_trials_with_different_worker_counts_are_refused(tmp_path):
     from apet_ray.study import StudyConfig, validate
-    from apet_ray.train import TrainConfig
+    from apet_ray.run import TrainConfig
 
     trials = [TrainConfig(model="tiny-bert", task="sst2", data_dir=DATA, workers=w) for w in (0, 1)]
     with pytest.raises(UserError, match="same number of workers"):

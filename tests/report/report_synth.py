@@ -32,6 +32,7 @@ def trial_row(trial_id: str, **fields: object) -> dict[str, object]:
         "trial_id": trial_id,
         "study": "test",
         "model": "bert-small",
+        "family": "bert",
         "total_params": MODELS["bert-small"],
         "task": "sst2",
         "task_type": "SA",
@@ -103,7 +104,7 @@ def build_study(results: Path, models=("bert-small", "bert-xxl"), seeds=(0, 1), 
     """Write a study whose four findings are all supported (by construction)."""
     for mi, model in enumerate(models):
         scale = mi / max(1, len(models) - 1)  # 0 for the smallest model, 1 for the largest
-        base = {"model": model, "total_params": MODELS[model]}
+        base = {"model": model, "family": "t5" if "t5" in model else "bert", "total_params": MODELS[model]}
         for task in tasks:
             tbase = {**base, "task": task, "task_type": TASKS[task]}
             ft = 0.80 + 0.08 * scale

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from apet_ray.errors import UserError
-from apet_ray.tasks import custom_task, holdout_indices, load_examples, parse_label, score, to_text
+from apet_ray.models import load_tokenizer
+from apet_ray.tasks import custom_task, decode_generated, holdout_indices, load_examples, score, to_text
 
 
 @pytest.fixture
@@ -32,7 +33,8 @@ def test_csv_with_review_and_stars(reviews_csv):
     example = train[0]
     source, target = to_text(task, example)
     assert source.startswith("my_reviews review: review number")
-    assert parse_label(task, target) == example.label
+    tokenizer = load_tokenizer("minilm")
+    assert decode_generated(task, tokenizer(target)["input_ids"][1:], tokenizer) == example.label
     assert score(task, [e.label for e in held_out], held_out) == 1.0
     assert len(load_examples(task, "train", limit=5, seed=3)) == 5
 

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from apet_ray.tasks import TASKS, Example, decode_prediction, get_task, parse_label, to_text
+from apet_ray.models import load_tokenizer
+from apet_ray.tasks import TASKS, Example, decode_generated, get_task, to_text
 
 CLASSIFICATION = [name for name, task in TASKS.items() if task.is_classification]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("minilm")
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text)["input_ids"][1:]  # as generated: no leading [CLS], ends in [SEP] (eos)
 
 
 def _example(task, label):
@@ -14,21 +24,21 @@ def _example(task, label):
 
 
 @pytest.mark.parametrize("name", CLASSIFICATION)
-def test_round_trip_every_label(name):
+def test_round_trip_every_label(name, tokenizer):
     task = get_task(name)
     for label in range(task.num_labels):
         source, target = to_text(task, _example(task, label))
         assert source.startswith(f"{name} {task.text_columns[0]}: text 0")
-        assert parse_label(task, target) == label
-        assert parse_label(task, f"  {target.upper()}\n") == label
-        assert decode_prediction(task, target) == label
+        assert decode_generated(task, _ids(tokenizer, target), tokenizer) == label
+        assert decode_generated(task, _ids(tokenizer, f"  {target.upper()}\n"), tokenizer) == label  # uncased vocabulary
+        assert decode_generated(task, _ids(tokenizer, target) + _ids(tokenizer, "junk after eos"), tokenizer) == label
 
 
 @pytest.mark.parametrize("name", CLASSIFICATION)
-def test_anything_else_is_invalid(name):
+def test_anything_else_is_invalid(name, tokenizer):
     task = get_task(name)
     for junk in ["", "maybe", task.label_words[0] + "s", " ".join(task.label_words), "<pad>"]:
-        assert parse_label(task, junk) == -1
+        assert decode_generated(task, _ids(tokenizer, junk), tokenizer) == -1
 
 
 def test_sources_and_targets():
@@ -45,10 +55,8 @@ def test_sources_and_targets():
         "samsum dialogue: A: hi\r\nB: hello", "They greet.")
 
 
-def test_generation_predictions_are_stripped_text():
-    assert decode_prediction(get_task("nq_open"), " Paris \n") == "Paris"
-    with pytest.raises(ValueError, match="no labels"):
-        parse_label(get_task("samsum"), "x")
+def test_generation_predictions_are_stripped_text(tokenizer):
+    assert decode_generated(get_task("nq_open"), _ids(tokenizer, " Paris \n"), tokenizer) == "paris"
 
 
 def test_wrong_number_of_inputs_is_a_bug():

@@ -10,16 +10,14 @@ resumed study never duplicates a row.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from apet_ray.errors import UserError
-from apet_ray.train import TrainConfig, check_config, config_from_dict, config_to_dict, outcome
+from apet_ray.run.config import TrainConfig, check_config
 
 
 @dataclass
@@ -36,106 +34,12 @@ class StudyConfig:
     extra: dict = field(default_factory=dict)  # study-specific facts recorded with the results
 
 
-# ---- the command line every study script shares ------------------------------------------
-
-def study_arguments(description: str, defaults: dict) -> argparse.ArgumentParser:
-    """Flags shared by the scripts; ``defaults`` is the embedded small study."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", help="YAML file with any of these options (flags override it)")
-    p.add_argument("--models", help="comma-separated model names or paths")
-    p.add_argument("--tasks", help="comma-separated task names")
-    p.add_argument("--seeds", help="comma-separated seeds (a grid axis)")
-    p.add_argument("--data-dir")
-    p.add_argument("--data-source", choices=["auto", "dir", "hub", "packaged"])
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (default: the paper's, 3e-4; 5e-5 on RTE)")
-    p.add_argument("--prompt-lr", type=float, help="soft-prompt learning rate (default: the paper's, 3e-2)")
-    p.add_argument("--train-limit", type=int)
-    p.add_argument("--eval-limit", type=int)
-    p.add_argument("--max-input-len", type=int, help="truncate inputs (default: the task's, 128 or 256)")
-    p.add_argument("--workers", type=int, help="Ray Train workers per trial; 0: the trial trains in its own process "
-                   "(no worker group to start: the fast choice for short single-process trials)")
-    p.add_argument("--strategy", help="auto, none, ddp or fsdp")
-    p.add_argument("--results", help="results folder (Parquet tables and Ray's files)")
-    p.add_argument("--address", help="Ray cluster address (default: start Ray here)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted study in --results")
-    p.add_argument("--no-asha", action="store_true", help="run every trial to the end")
-    p.add_argument("--max-concurrent", type=int)
-    p.add_argument("--no-report", action="store_true")
-    p.set_defaults(**defaults)
-    return p
-
-
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    args = parser.parse_args(argv)
-    if args.config:
-        import yaml
-
-        path = Path(args.config)
-        if not path.is_file():
-            raise UserError(f"config file {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
-        given = {a.dest for a in parser._actions if any(opt in (argv if argv is not None else sys.argv[1:]) for opt in a.option_strings)}
-        for key, value in data.items():
-            if key not in given:
-                setattr(args, key, ",".join(map(str, value)) if isinstance(value, list) else value)
-    return args
-
-
-def csv(value) -> list[str]:
-    if value is None:
-        return []
-    items = [v.strip() for v in str(value).split(",") if v.strip()]
-    if not items:
-        raise UserError(f"empty list {value!r}")
-    return items
-
-
-def seeds(value) -> list[int]:
-    try:
-        return [int(s) for s in csv(value)]
-    except ValueError:
-        raise UserError(f"seeds must be whole numbers, not {value!r}") from None
-
-
-def base_config(args: argparse.Namespace, model: str, task: str, seed: int, **kw) -> TrainConfig:
-    """A trial's TrainConfig from the shared flags."""
-    for name in ("max_steps", "eval_every", "batch_size", "workers"):
-        value = getattr(args, name)
-        if not isinstance(value, int) or value < (0 if name == "workers" else 1):
-            what = "0 (train in the trial's process) or more" if name == "workers" else "a positive whole number"
-            raise UserError(f"--{name.replace('_', '-')} must be {what}, not {value!r}")
-    return TrainConfig(
-        model=model, task=task, seed=seed, data_dir=args.data_dir, data_source=args.data_source,
-        max_steps=args.max_steps, eval_every=args.eval_every, batch_size=args.batch_size,
-        lr=getattr(args, "lr", None), prompt_lr=getattr(args, "prompt_lr", None),
-        train_limit=args.train_limit, eval_limit=args.eval_limit, max_input_len=getattr(args, "max_input_len", None),
-        workers=args.workers,
-        strategy=args.strategy, **kw,
-    ).with_absolute_paths()
-
-
-def study_config(args: argparse.Namespace, study: str, **extra) -> StudyConfig:
-    return StudyConfig(study=study, results=args.results, address=args.address, resume=args.resume,
-                       asha=not args.no_asha, max_concurrent=args.max_concurrent, report=not args.no_report,
-                       extra=extra)
-
-
 # ---- identity of a trial -------------------------------------------------------------------
 
 def trial_id(cfg: TrainConfig, study: str) -> str:
     """Stable across restarts: the same grid point always writes the same files."""
     spec = cfg.spec
-    digest = hashlib.sha1(json.dumps(config_to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
     what = spec.method if spec.method != "apet" else f"apet-{spec.op}-{spec.distribution}-{spec.match or spec.budget}"
     model = Path(cfg.model).name.replace("_", "-")
     return f"{study}-{model}-{cfg.task}-{what}-s{cfg.seed}-{digest}"
@@ -144,7 +48,7 @@ def trial_id(cfg: TrainConfig, study: str) -> str:
 # ---- validation, before Ray ------------------------------------------------------------------
 
 def validate(study: StudyConfig, trials: list[TrainConfig]) -> None:
-    from apet_ray.launch import check_address
+    from apet_ray.run.launch import check_address
 
     if not trials:
         raise UserError("the study has no trials")
@@ -187,23 +91,23 @@ def tune_trial(config: dict) -> None:
         row = pd.read_parquet(record).iloc[0]
         tune.report({"score": float(row.final_score), "step": int(row.steps_run), "already_recorded": True})
         return
-    cfg = config_from_dict(config["trial"]["train"])
+    cfg = TrainConfig.from_dict(config["trial"]["train"])
     if cfg.workers == 0:
         # No worker group: starting one (controller and worker processes, their imports)
         # costs ~20 s per trial on a laptop, a third of a one-minute trial (docs/benchmarks.md)
         import gc
         import logging
 
-        from apet_ray.train import train_in_ray
+        from apet_ray.run.launch import train_on_session
 
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
         gc.collect()  # a reused process: the previous trial's model goes before this one loads
-        train_in_ray(tune, cfg, threads=config["cpus_per_worker"])
+        train_on_session(tune, cfg, threads=config["cpus_per_worker"])
         return
 
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from apet_ray.launch import make_trainer
+    from apet_ray.run.launch import make_trainer
 
     trainer = make_trainer(cfg, storage_path=config["train_storage"], name=config["trial"]["trial_id"],
                            max_failures=1, cpus_per_worker=config["cpus_per_worker"],
@@ -225,32 +129,19 @@ def _writer_class():
             self.ids: list[str] = []
 
         def _write(self, trial, status: str) -> None:
-            from apet_ray.results import rows_from_run, write_trial
+            from apet_ray.results import rows_from_record, write_trial
+            from apet_ray.run.record import RunRecord
 
             last = trial.last_result or {}
             if last.get("already_recorded"):
                 return
-            if "history" not in last or "run" not in last:
-                print(f"[apet-ray] trial {trial.config['trial']['trial_id']} ended ({status}) before its first evaluation: "
-                      "no results written", flush=True)
-                return
-            cfg = trial.config["trial"]["train"]
-            summary = {**last["run"], **{k: last[k] for k in ("trainable_params", "delta_params", "total_params")},
-                       "requested_params": last.get("requested_params"), "history": last["history"],
-                       **outcome(last["history"], last["run"]["converge_tol"]),
-                       "wall_time_s": float(last.get("time_total_s", last["elapsed_s"]))}
-            if status == "finished" and summary["steps_run"] < cfg["max_steps"]:
-                status = "early_stopped"
             tid = trial.config["trial"]["trial_id"]
-            row, curves = rows_from_run(summary, cfg, study=self.study, trial_id=tid, status=status,
-                                        code_version=self.code_version)
-            transfer = [
-                {"study": self.study, "model": summary["model"], "method": row["method"], "op": row["op"],
-                 "distribution": row["distribution"], "seed": row["seed"], "source_task": summary["task"],
-                 "target_task": target, "score": float(value)}
-                for target, value in (last.get("transfer") or {}).items()
-            ]
-            write_trial(self.results, tid, row, curves, transfer)
+            if "record" not in last:
+                print(f"[apet-ray] trial {tid} ended ({status}) before its first evaluation: no results written",
+                      flush=True)
+                return
+            rows = rows_from_record(RunRecord.from_dict(last["record"]), self.study, tid, status, self.code_version)
+            write_trial(self.results, tid, rows.trial, rows.curves, rows.transfer)
             self.written += 1
             self.ids.append(tid)
 
@@ -263,6 +154,25 @@ def _writer_class():
     return ResultsWriter
 
 
+def _placement(study: StudyConfig, workers: int, most: int) -> tuple[dict, float, int, bool]:
+    """(a trial's Tune resources, CPUs per worker, trials at a time, GPUs?) on this cluster."""
+    import ray
+
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) > 0
+    if workers == 0:  # the trial process trains: it holds the CPU (and GPU) itself
+        cpus_per_worker = study.cpus_per_worker or 1.0
+        trial_resources = {"cpu": cpus_per_worker, "gpu": 1 if use_gpu else 0}
+        per_trial = cpus_per_worker
+    else:  # a light trial process (0.1 CPU) drives a Train worker group
+        local = study.address in (None, "", "local")
+        cpus_per_worker = study.cpus_per_worker or (0.9 if local and not use_gpu else 1.0)
+        trial_resources = {"cpu": 0.1}
+        per_trial = 0.1 + workers * cpus_per_worker
+    capacity = int(resources.get("GPU", 0) // max(workers, 1)) if use_gpu else int(resources.get("CPU", 1) // per_trial)
+    return trial_resources, cpus_per_worker, max(1, min(study.max_concurrent or capacity, most)), use_gpu
+
+
 def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_trials: int | None = None,
               callbacks: tuple = ()) -> Path:
     """Validate, run on Ray Tune, write Parquet, print the report. Returns the results folder.
@@ -273,30 +183,18 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     """
     validate(study, trials)
 
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from apet_ray.launch import code_version, init_ray
+    from apet_ray.run.launch import code_version, init_ray
 
     results = Path(study.results).resolve()
     results.mkdir(parents=True, exist_ok=True)
     init_ray(study.address)
-    resources = ray.cluster_resources()
-    use_gpu = resources.get("GPU", 0) > 0
     workers = trials[0].workers
     local = study.address in (None, "", "local")
-    if workers == 0:  # the trial process trains: it holds the CPU (and GPU) itself
-        cpus_per_worker = study.cpus_per_worker or 1.0
-        trial_resources = {"cpu": cpus_per_worker, "gpu": 1 if use_gpu else 0}
-        per_trial = cpus_per_worker
-    else:  # a light trial process (0.1 CPU) drives a Train worker group
-        cpus_per_worker = study.cpus_per_worker or (0.9 if local and not use_gpu else 1.0)
-        trial_resources = {"cpu": 0.1}
-        per_trial = 0.1 + workers * cpus_per_worker
-    capacity = int(resources.get("GPU", 0) // max(workers, 1)) if use_gpu else int(resources.get("CPU", 1) // per_trial)
-    concurrent = max(1, min(study.max_concurrent or capacity, len(trials) if searcher is None else 2))
-    grid = [{"trial_id": trial_id(t, study.study), "train": config_to_dict(t)} for t in trials]
+    trial_resources, cpus_per_worker, concurrent, use_gpu = _placement(study, workers, len(trials) if searcher is None else 2)
+    grid = [{"trial_id": trial_id(t, study.study), "train": t.to_dict()} for t in trials]
     how = f"{workers} worker(s) each" if workers else "each in its own process"
     print(f"[apet-ray] {study.study}: {len(grid) if searcher is None else 'searched'} trials, up to {concurrent} at a time, "
           f"{how}{' on GPUs' if use_gpu else ''}; ASHA {'on' if study.asha else 'off'}; "
@@ -346,16 +244,7 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     print(f"[apet-ray] {study.study} finished in {time.time() - started:.0f} s: {len(grid_result)} trials, "
           f"{len(errors)} errors, {writer.written} written now; tables in {results}/trials, {results}/curves", flush=True)
     if study.report:
-        from apet_ray.commands.report import run as report
+        from apet_ray.report import make_report
 
-        report(argparse.Namespace(results_dir=str(results), out=None, score="final"))
+        print("\n".join(make_report(results, results / "report").lines()), flush=True)
     return results
-
-
-def main(run) -> None:
-    """Run a study script's ``run()`` with user mistakes shown as one line."""
-    try:
-        run()
-    except UserError as exc:
-        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
-        sys.exit(2)

@@ -1,7 +1,9 @@
-"""Starting Ray and running one training run on Ray Train.
+"""Running ``train`` on Ray: starting or joining Ray, the Ray Train worker function, the
+Tune trial that trains in its own process, and the ``TorchTrainer`` of one run.
 
 Local by default (a Ray instance on this machine, dashboard on 127.0.0.1:8265); the same
-code joins a cluster with ``address="auto"`` or ``ray://...``.
+code joins a cluster with ``address="auto"`` or ``ray://...``. Both Ray paths are one hop
+from the loop: ``train_on_session(ray.train | ray.tune, cfg) -> train(cfg, report, restored)``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
+
 from apet_ray.errors import UserError
-from apet_ray.train import TrainConfig, config_to_dict, ray_train_loop
+from apet_ray.run.checkpoint import read_checkpoint
+from apet_ray.run.config import TrainConfig
+from apet_ray.run.loop import train
+from apet_ray.run.record import RunRecord
 
 RAY_ENV = {
     # ray.train.report blocks ~2 s per call at Ray's default health-check interval (STACK.md)
@@ -58,7 +65,7 @@ def code_version() -> str:
     from apet_ray import __version__
 
     try:
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return __version__
@@ -67,6 +74,33 @@ def code_version() -> str:
         return f"{__version__}+{sha.stdout.strip()}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return __version__
+
+
+def train_on_session(session, cfg: TrainConfig, threads: int) -> RunRecord:
+    """``train`` reporting to Ray and resuming from Ray's checkpoint when there is one.
+
+    ``session`` is ``ray.train`` in a Train worker, or ``ray.tune`` in a Tune trial that
+    trains itself: both offer ``report``, ``Checkpoint`` and ``get_checkpoint``.
+    """
+    torch.set_num_threads(max(1, int(threads)))
+
+    def report(metrics: dict, folder: str | None) -> None:
+        session.report(metrics, checkpoint=session.Checkpoint.from_directory(folder) if folder else None)
+
+    checkpoint = session.get_checkpoint()
+    restored = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:  # read whole, before Ray may prune it
+            restored = read_checkpoint(folder)
+    return train(cfg, report, restored)
+
+
+def train_worker(config: dict) -> dict:
+    """The Ray Train worker function: ``config = {"train": TrainConfig.to_dict(), "threads": n}``;
+    returns the record as a dict (Ray gives back rank 0's)."""
+    import ray.train
+
+    return train_on_session(ray.train, TrainConfig.from_dict(config["train"]), config.get("threads", 1)).to_dict()
 
 
 def make_trainer(cfg: TrainConfig, storage_path: str, name: str, max_failures: int = 0,
@@ -80,8 +114,8 @@ def make_trainer(cfg: TrainConfig, storage_path: str, name: str, max_failures: i
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     return TorchTrainer(
-        ray_train_loop,
-        train_loop_config={"train": config_to_dict(cfg), "threads": max(1, int(cpus_per_worker))},
+        train_worker,
+        train_loop_config={"train": cfg.to_dict(), "threads": max(1, int(cpus_per_worker))},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,

@@ -1,0 +1,97 @@
+"""The PET methods, in one place: each is a preset of ``DeltaSpec`` fields (op, positions,
+size), the label tables and figures show, and its place in them (registration order).
+
+Adding a method is one ``register`` call; the spec builder, the command lines, the results
+schema and the report all read this registry::
+
+    from apet_ray.delta.methods import Method, register
+    register(Method("lora_qk", "LoRA (q, k)", op="concat", positions=("query", "key"), size=8))
+
+APET itself is not an entry: it is the general mechanism (any op, a sparse mask, an exact
+budget), and may take its budget from any entry that is ``matchable``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from apet_ray.errors import UserError
+
+OPS = ("add", "concat", "plugin")
+APET = "apet"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A PET method as the paper sets it (SPEC §2): an all-ones mask on fixed positions."""
+
+    name: str  # as in the results tables and on the command line
+    label: str  # as in the report's tables and legends
+    op: str
+    positions: tuple[str, ...]
+    size: int | None = None  # prompt length, rank or bottleneck; None for add
+    alpha: float = 16.0  # low-rank scale numerator (concat)
+    matchable: bool = True  # APET may take this method's count (FT's is not a PET budget)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry (after the ones already there) and return it."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", method.name) or method.name == APET:
+        raise ValueError(f"method name {method.name!r} must be lower-case letters, digits or _ (and not 'apet')")
+    if method.op not in OPS:
+        raise ValueError(f"method {method.name}: unknown op {method.op!r} (known: {', '.join(OPS)})")
+    if not method.positions:
+        raise ValueError(f"method {method.name}: needs at least one position")
+    if method.name in _REGISTRY and _REGISTRY[method.name] != method:
+        raise ValueError(f"method {method.name!r} is registered already, with other settings")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method (tests that register a toy one clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
+def get_method(name: str) -> Method:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown method {name!r} (known: {', '.join(method_names())})")
+    return _REGISTRY[name]
+
+
+def pet_methods() -> tuple[str, ...]:
+    """Every registered method, FT included, in table order."""
+    return tuple(_REGISTRY)
+
+
+def method_names() -> tuple[str, ...]:
+    """What a spec's ``method`` may be: the registered methods and APET."""
+    return (*_REGISTRY, APET)
+
+
+def matchable_methods() -> tuple[str, ...]:
+    """The methods whose count an APET spec may match."""
+    return tuple(name for name, m in _REGISTRY.items() if m.matchable)
+
+
+def label_of(name: str) -> str:
+    """Display label; an unknown name (an old results file) shows as itself."""
+    return _REGISTRY[name].label if name in _REGISTRY else ("APET" if name == APET else name)
+
+
+def order_of(name: str) -> int:
+    """Place in tables and legends: registration order, then APET, then anything else."""
+    names = method_names()
+    return names.index(name) if name in names else len(names)
+
+
+# The paper's methods (SPEC §2). FT first: it is every table's reference row.
+register(Method("ft", "FT", op="add", positions=("all",), matchable=False))
+register(Method("prompt", "Prompt", op="concat", positions=("embeddings",), size=100))
+register(Method("bitfit", "BitFit", op="add", positions=("biases",)))
+register(Method("lora", "LoRA", op="concat", positions=("query", "value"), size=8, alpha=16.0))
+register(Method("adapter", "Adapter", op="plugin", positions=("attn_out", "ffn_out"), size=24))

