@@ -103,6 +103,15 @@ def prepare(results: Results, score: str = "final") -> ReportData:
     if errors:
         notes.append(f"{errors} trial(s) with status 'error' left out of every table and figure.")
     trials = trials[trials["status"] != "error"].copy()
+    stopped = trials[trials["status"] == "early_stopped"]
+    if len(stopped):
+        # ASHA stopped them: their score is where they were, not where they would end
+        listed = "; ".join(
+            f"{method_label(r.method, r.op, r.distribution, r.match)} on {r.model} / {r.task} seed {r.seed}: "
+            f"{100 * r.final_score:.1f} % at step {r.steps_run} of {r.max_steps}"
+            for r in stopped.sort_values(["model", "task", "trial_id"]).itertuples())
+        notes.append(f"{len(stopped)} trial(s) stopped early (ASHA) left out of every table, figure and finding: {listed}.")
+    trials = trials[trials["status"] != "early_stopped"].copy()
     trials["score"] = trials[score_column].astype(float)
     unscored = int(trials["score"].isna().sum())
     if unscored:
@@ -118,6 +127,7 @@ def prepare(results: Results, score: str = "final") -> ReportData:
     task_types.update(dict(zip(trials["task"], trials["task_type"])))
 
     curves = _clean_text(results.curves)
+    curves = curves[curves["trial_id"].isin(set(trials["trial_id"]))].copy()  # of the trials reported
     per_trial = trials.drop_duplicates("trial_id").set_index("trial_id")
     curves["match"] = curves["trial_id"].map(per_trial["match"]).fillna("")
     curves["total_params"] = curves["trial_id"].map(per_trial["total_params"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from apet_ray.delta import DeltaSpec, attach
+from apet_ray.delta import DeltaSpec, attach, count_backbone, count_deltas
 from apet_ray.errors import UserError
 from apet_ray.models import DEFAULT_MODEL, build_model
 from apet_ray.tasks import Task, custom_task, get_task, load_examples
@@ -79,13 +79,31 @@ class TrainConfig:
                               "transfer_tasks": tuple(data.get("transfer_tasks", ()))})
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What ``check_config`` resolved without loading weights: a dry run's line."""
+
+    model: str
+    family: str
+    task: str
+    task_type: str
+    delta_params: int  # exact, from the plan on the meta device
+    total_params: int
+    max_input_len: int  # the effective one (the task's unless given)
+    lr: float  # the learning rate the method's deltas train at (a prompt's own, for prompt tuning)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def check_task_fits_family(task: Task, family: str) -> None:
     if family == "bert" and not task.is_classification:
         raise UserError(f"{task.name} is a {task.type} task: BERT-family models do classification only (SA, NLI, PI)")
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Refuse, in one line, a run that cannot work; loads one example per split to prove the data."""
+def check_config(cfg: TrainConfig) -> RunPlan:
+    """Refuse, in one line, a run that cannot work, and say what it resolves to; loads one
+    example per split to prove the data (no weights)."""
     from apet_ray.distributed import STRATEGIES
 
     for name in ("batch_size", "max_steps", "eval_every"):
@@ -121,3 +139,8 @@ def check_config(cfg: TrainConfig) -> None:
         if not (task.is_classification and target_task.is_classification):
             raise UserError(f"zero-shot transfer {task.name} -> {target} needs classification tasks on both sides")
         load_examples(target_task, "eval", limit=1, seed=cfg.seed, data_dir=cfg.data_dir, source=cfg.data_source)
+    base_lr, prompt_lr = cfg.learning_rates()
+    trains_prompt = cfg.spec.op == "concat" and "embeddings" in cfg.spec.positions
+    return RunPlan(model=info.name, family=info.family, task=task.name, task_type=task.type.upper(),
+                   delta_params=count_deltas(model), total_params=count_backbone(model),
+                   max_input_len=cfg.max_input_len or task.max_input_len, lr=prompt_lr if trains_prompt else base_lr)

@@ -41,19 +41,27 @@ RUN_OPTIONS = (
     Option("workers", int, "Ray Train workers per run; 0: train in this process (a study's trial process) with "
            "no worker group to start, the fast choice for short single-process runs"),
     Option("strategy", str, "how workers share the model", choices=STRATEGIES),
-    Option("precision", str, "auto: bf16 on CUDA, fp32 on CPU", choices=PRECISIONS),
+    Option("precision", str, "numeric precision (auto: bf16 on CUDA, fp32 on CPU)", choices=PRECISIONS),
 )
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
-    """Add the run options to ``parser``; ``defaults`` overrides TrainConfig's (a script's embedded study)."""
+def add_run_arguments(parser: argparse.ArgumentParser, defaults: dict | None = None,
+                      also: dict[str, dict] | None = None) -> None:
+    """Add the run options to ``parser``; ``defaults`` overrides TrainConfig's (a script's
+    embedded study); ``also`` names other profiles whose values ``--help`` shows beside them."""
     defaults = {**_DEFAULTS, **(defaults or {})}
     group = parser.add_argument_group("training")
     for option in RUN_OPTIONS:
         default = defaults[option.field]
-        shown = option.when_unset if default is None and option.when_unset else default
+
+        def show(value, option=option):
+            return option.when_unset if value is None and option.when_unset else value
+
+        others = [f"{name}: {show(values[option.field])}" for name, values in (also or {}).items()
+                  if option.field in values and values[option.field] != default]
+        shown = "; ".join([str(show(default))] + others)
         # choices are shown, not enforced here: check_config refuses a bad value from a flag
         # and from a YAML file alike, in one line
         known = f": {', '.join(option.choices)}" if option.choices else ""

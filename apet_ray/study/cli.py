@@ -1,6 +1,12 @@
 """The command line every study script shares: grid axes, the run options (defined once in
-``run.options``), how the study runs, a YAML ``--config``; and ``main``, which shows a
-user's mistake as one line."""
+``run.options``), how the study runs, a YAML ``--config``, a ``--profile``; and ``main``,
+which shows a user's mistake as one line.
+
+Two profiles: ``smoke`` (the script's embedded defaults: a small study that runs offline on
+a laptop) and ``paper`` (the paper's training setting, SPEC §4: batch 32, full splits, the
+task's input lengths, the paper's learning rates, 3 seeds; step counts per study, the
+project's choice where the paper is silent). Flags and YAML values override either.
+"""
 
 from __future__ import annotations
 
@@ -13,49 +19,81 @@ from apet_ray.run.config import TrainConfig
 from apet_ray.run.options import add_run_arguments, config_from_args
 from apet_ray.study.runner import StudyConfig
 
+# The paper's setting (SPEC §4), shared by every study; each script adds its step counts.
+# None means "the paper's" for the learning rates and the input length (the task's), and
+# "all" for the example limits.
+PAPER = dict(seeds="0,1,2", batch_size=32, lr=None, prompt_lr=None, train_limit=None, eval_limit=None,
+             max_input_len=None)
 
-def study_arguments(description: str, defaults: dict) -> argparse.ArgumentParser:
-    """The shared flags; ``defaults`` is the script's embedded study (it also sets the
-    defaults of flags the script adds afterwards)."""
+
+def study_arguments(description: str, defaults: dict, paper: dict | None = None) -> argparse.ArgumentParser:
+    """The shared flags. ``defaults`` is the script's embedded (smoke) study, which also sets
+    the defaults of flags the script adds afterwards; ``paper`` what its paper profile
+    changes beyond ``PAPER`` (its step counts)."""
+    profiles = {"smoke": dict(defaults), "paper": {**defaults, **PAPER, **(paper or {})}}
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", help="YAML file with any of these options (flags override it)")
+    p.add_argument("--profile", choices=sorted(profiles), default="smoke",
+                   help="smoke: the embedded small study (short runs, laptop-sized: not the paper's settings); "
+                        "paper: the paper's training setting (default: smoke)")
     grid = p.add_argument_group("grid")
-    grid.add_argument("--models", help="comma-separated model names or paths")
-    grid.add_argument("--tasks", help="comma-separated task names")
-    grid.add_argument("--seeds", help="comma-separated seeds (a grid axis)")
-    add_run_arguments(p, defaults)
+    for flag, what in (("--models", "comma-separated model names or paths"), ("--tasks", "comma-separated task names"),
+                       ("--seeds", "comma-separated seeds (a grid axis)")):
+        dest = flag[2:]
+        paper_value = profiles["paper"].get(dest)
+        other = f"; paper: {paper_value}" if paper_value != defaults.get(dest) else ""
+        grid.add_argument(flag, help=f"{what} (default: {defaults.get(dest)}{other})")
+    add_run_arguments(p, defaults, also={"paper": profiles["paper"]})
     how = p.add_argument_group("study")
-    how.add_argument("--results", help="results folder (Parquet tables and Ray's files)")
+    how.add_argument("--results", help=f"results folder: Parquet tables and Ray's files (default: {defaults.get('results')})")
     how.add_argument("--resume", action="store_true", help="continue an interrupted study in --results")
-    how.add_argument("--no-asha", action="store_true", help="run every trial to the end")
+    how.add_argument("--asha", action="store_true",
+                     help="stop trials that fall behind at ASHA rungs, ranked within each model and task; stopped "
+                          "trials are recorded and listed in the report, not scored (default: every trial runs to the end)")
     how.add_argument("--max-concurrent", type=int, help="trials at a time (default: as many as the cluster holds)")
     how.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    how.add_argument("--dry-run", action="store_true",
+                     help="check every trial and print it, resolved (one line each), without starting Ray")
+    how.add_argument("--json", action="store_true", help="with --dry-run: the trials as one JSON list")
     p.set_defaults(**defaults)
+    p.profiles = profiles  # read by parse()
     return p
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags; values from ``--config FILE.yaml`` fill in whatever no flag gave."""
+    """Parse flags over the chosen profile's defaults; values from ``--config FILE.yaml``
+    fill in whatever no flag gave (a YAML file may name the profile too)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    if args.config:
-        import yaml
-
-        path = Path(args.config)
-        if not path.is_file():
-            raise UserError(f"config file {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
-        given = {a.dest for a in parser._actions if any(opt in (argv if argv is not None else sys.argv[1:]) for opt in a.option_strings)}
-        for key, value in data.items():
-            if key not in given:
-                setattr(args, key, ",".join(map(str, value)) if isinstance(value, list) else value)
+    given = {a.dest for a in parser._actions if any(opt in argv or any(x.startswith(opt + "=") for x in argv)
+                                                    for opt in a.option_strings)}
+    data = _yaml_options(args.config, parser) if args.config else {}
+    profile = args.profile if "profile" in given else data.get("profile", args.profile)
+    profiles = getattr(parser, "profiles", {"smoke": {}})
+    if profile not in profiles:
+        raise UserError(f"unknown profile {profile!r} (known: {', '.join(sorted(profiles))})")
+    for key, value in {**profiles[profile], **data, "profile": profile}.items():
+        if key not in given:
+            setattr(args, key, ",".join(map(str, value)) if isinstance(value, list) else value)
     return args
+
+
+def _yaml_options(config: str, parser: argparse.ArgumentParser) -> dict:
+    import yaml
+
+    path = Path(config)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected option: value pairs, not a {type(data).__name__}")
+    unknown = sorted(set(data) - {a.dest for a in parser._actions})
+    if unknown:
+        raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    return data
 
 
 def csv(value) -> list[str]:
@@ -81,8 +119,8 @@ def trial_config(args: argparse.Namespace, model: str, task: str, seed: int, **f
 
 def study_config(args: argparse.Namespace, study: str, **extra) -> StudyConfig:
     return StudyConfig(study=study, results=args.results, address=args.address, resume=args.resume,
-                       asha=not args.no_asha, max_concurrent=args.max_concurrent, report=not args.no_report,
-                       extra=extra)
+                       asha=args.asha, max_concurrent=args.max_concurrent, report=not args.no_report,
+                       dry_run=args.dry_run, json=args.json, extra={"profile": args.profile, **extra})
 
 
 def main(run) -> None:

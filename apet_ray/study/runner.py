@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apet_ray.errors import UserError
-from apet_ray.run.config import TrainConfig, check_config
+from apet_ray.run.config import RunPlan, TrainConfig, check_config
 
 
 @dataclass
@@ -26,11 +26,13 @@ class StudyConfig:
     results: str = "results"
     address: str | None = None
     resume: bool = False
-    asha: bool = True
+    asha: bool = False  # stop trials behind at rungs, within each (model, task); only where stopping is a decision
     grace_evals: int = 2  # ASHA's first rung, in evaluations
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs hold
     cpus_per_worker: float | None = None  # None: 0.9 locally (0.1 is the trial driver's), 1 on a cluster
     report: bool = True  # write the report at the end
+    dry_run: bool = False  # print the resolved trials and stop, before Ray
+    json: bool = False  # the dry run as one JSON list
     extra: dict = field(default_factory=dict)  # study-specific facts recorded with the results
 
 
@@ -47,21 +49,26 @@ def trial_id(cfg: TrainConfig, study: str) -> str:
 
 # ---- validation, before Ray ------------------------------------------------------------------
 
-def validate(study: StudyConfig, trials: list[TrainConfig]) -> None:
+def validate(study: StudyConfig, trials: list[TrainConfig]) -> list[RunPlan]:
+    """Every trial through ``check_config``, the grid and the results folder checked; the
+    trials' resolved plans, in order. A dry run neither needs the cluster nor the folder."""
     from apet_ray.run.launch import check_address
 
     if not trials:
         raise UserError("the study has no trials")
-    check_address(study.address)
+    if not study.dry_run:
+        check_address(study.address)
     if len({cfg.workers for cfg in trials}) > 1:
         raise UserError("every trial of a study must use the same number of workers")
-    seen = set()
+    seen, plans = set(), []
     for cfg in trials:
-        check_config(cfg)
+        plans.append(check_config(cfg))
         tid = trial_id(cfg, study.study)
         if tid in seen:
             raise UserError(f"trial {tid} appears twice in the grid")
         seen.add(tid)
+    if study.dry_run:
+        return plans
     tune_dir = Path(study.results).resolve() / "ray" / study.study
     if tune_dir.exists() and not study.resume:
         raise UserError(f"{tune_dir} holds an earlier run of {study.study}: add --resume to continue it, or use another --results")
@@ -74,6 +81,33 @@ def validate(study: StudyConfig, trials: list[TrainConfig]) -> None:
         if before and before != seen:
             raise UserError(f"--resume needs the flags of the interrupted study: {len(seen - before)} of its "
                             f"{len(seen)} trials differ from the ones recorded in {record}")
+    return plans
+
+
+def dry_run_rows(trials: list[TrainConfig], plans: list[RunPlan]) -> list[dict]:
+    """One resolved row per trial: what would train, on what, how long, at which lr."""
+    return [{
+        "model": plan.model, "family": plan.family, "task": plan.task, "task_type": plan.task_type,
+        "method": cfg.spec.method, "label": cfg.spec.label,
+        "op": cfg.spec.op if cfg.spec.method == "apet" else None,
+        "distribution": cfg.spec.distribution if cfg.spec.method == "apet" else None,
+        "match": cfg.spec.match, "delta_params": plan.delta_params, "total_params": plan.total_params,
+        "seed": cfg.seed, "batch_size": cfg.batch_size, "lr": plan.lr, "max_steps": cfg.max_steps,
+        "eval_every": cfg.eval_every, "max_input_len": plan.max_input_len, "train_limit": cfg.train_limit,
+        "eval_limit": cfg.eval_limit, "workers": cfg.workers, "strategy": cfg.strategy,
+    } for cfg, plan in zip(trials, plans)]
+
+
+def print_dry_run(study: StudyConfig, rows: list[dict]) -> None:
+    if study.json:
+        print(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        limits = "/".join("all" if r[k] is None else f"{r[k]:,}" for k in ("train_limit", "eval_limit"))
+        print(f"{r['model']} / {r['task']} / {r['label']} / seed {r['seed']}: {r['delta_params']:,} deltas; "
+              f"batch {r['batch_size']}, lr {r['lr']:g}, {r['max_steps']:,} steps (eval every {r['eval_every']:,}), "
+              f"inputs <= {r['max_input_len']} tokens, train/eval examples {limits}, {r['workers']} worker(s)")
+    print(f"{study.study}: {len(rows)} trials (dry run: nothing started)")
 
 
 # ---- running ---------------------------------------------------------------------------------
@@ -181,10 +215,14 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     the searcher proposes the trials and ``trials`` only lists configs to validate up front.
     ``callbacks`` are further Tune callbacks (e.g. a benchmark's timeline).
     """
-    validate(study, trials)
+    plans = validate(study, trials)
+    if study.dry_run:
+        print_dry_run(study, dry_run_rows(trials, plans))
+        return Path(study.results).resolve()
 
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+
+    from apet_ray.study.asha import GroupedASHA
 
     from apet_ray.run.launch import code_version, init_ray
 
@@ -194,10 +232,10 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     workers = trials[0].workers
     local = study.address in (None, "", "local")
     trial_resources, cpus_per_worker, concurrent, use_gpu = _placement(study, workers, len(trials) if searcher is None else 2)
-    grid = [{"trial_id": trial_id(t, study.study), "train": t.to_dict()} for t in trials]
+    grid = [{"trial_id": trial_id(t, study.study), "group": f"{t.model} | {t.task}", "train": t.to_dict()} for t in trials]
     how = f"{workers} worker(s) each" if workers else "each in its own process"
     print(f"[apet-ray] {study.study}: {len(grid) if searcher is None else 'searched'} trials, up to {concurrent} at a time, "
-          f"{how}{' on GPUs' if use_gpu else ''}; ASHA {'on' if study.asha else 'off'}; "
+          f"{how}{' on GPUs' if use_gpu else ''}; ASHA {'on, per model and task' if study.asha else 'off'}; "
           f"results in {results}{'; dashboard http://127.0.0.1:8265' if local else ''}", flush=True)
     (results / f"{study.study}.study.json").write_text(json.dumps(
         {"study": study.study, "trials": [g["trial_id"] for g in grid], "extra": study.extra,
@@ -211,8 +249,8 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
         searcher.static = static
     max_steps = max(t.max_steps for t in trials)
     eval_every = min(t.eval_every for t in trials)
-    scheduler = ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=eval_every * study.grace_evals,
-                              reduction_factor=2) if study.asha else None
+    scheduler = GroupedASHA(time_attr="step", max_t=max_steps, grace_period=eval_every * study.grace_evals,
+                            reduction_factor=2) if study.asha else None
     writer = _writer_class()(results, study.study, code_version())
     tune_path = str(results / "ray")
     if study.resume:

@@ -127,7 +127,7 @@ def test_asha_stops_the_trials_behind_at_its_first_rung(workers, tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "pet_scaling.py"), "--models", "tiny-bert", "--tasks", "sst2",
            "--data-dir", DATA, "--workers", workers, "--max-steps", "24", "--eval-every", "6", "--batch-size", "8",
            "--eval-limit", "64", "--train-limit", "64", "--max-concurrent", "1", "--lr", "0.01",
-           "--methods", "ft,lora,adapter", "--no-report", "--results", str(tmp_path)]
+           "--methods", "ft,lora,adapter", "--asha", "--no-report", "--results", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = trials(tmp_path).set_index("method")
@@ -146,11 +146,14 @@ def test_train_command_writes_the_rows_a_study_writes_for_the_same_config(tmp_pa
 
     common = ["--data-dir", DATA, "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--eval-limit", "16",
               "--train-limit", "64", "--workers", "0", "--max-input-len", "64"]
+    # an APET source, as in the paper's Fig. 9
     cmd = [sys.executable, str(ROOT / "experiments" / "transfer.py"), "--models", "tiny-bert", "--tasks", "sst2",
-           "--methods", "lora", "--seeds", "0", *common, "--no-report", "--results", str(tmp_path / "study")]
+           "--methods", "apet-discrete", "--match", "lora", "--seeds", "0", *common, "--no-report",
+           "--results", str(tmp_path / "study")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert main(["train", "--model", "tiny-bert", "--task", "sst2", "--method", "lora", "--transfer-to", "sst2",
+    assert main(["train", "--model", "tiny-bert", "--task", "sst2", "--method", "apet", "--op", "concat",
+                 "--distribution", "discrete", "--match", "lora", "--transfer-to", "sst2",
                  *common, "--out", str(tmp_path / "train")]) == 0
 
     def tables(folder):
