@@ -16,6 +16,8 @@ from typing import Callable
 
 from ray.tune.search import Searcher
 
+from apet_ray.thresholds import beats_baseline, reaches_ft
+
 
 def log_grid(low: int, high: int, per_decade: int) -> list[int]:
     """Distinct whole counts from ``low`` to ``high``, ``per_decade`` per factor of ten."""
@@ -25,13 +27,20 @@ def log_grid(low: int, high: int, per_decade: int) -> list[int]:
 
 @dataclass
 class Bisection:
-    """Smallest grid index whose score passes ``goal``; ``found`` is None when none does."""
+    """Smallest grid index whose score passes (``thresholds``: the low threshold's
+    ``beats_baseline(score, reference, allowance)`` or the high one's
+    ``reaches_ft(score, reference, allowance)``); none passes when ``hi == len(grid)``."""
 
-    name: str
-    goal: float  # a probe passes when its score is >= goal (low: > random + margin, as >= + tiny)
+    name: str  # low | high
+    reference: float  # the baseline (low) or the FT score (high)
+    allowance: float  # the margin above the baseline (low) or the tolerance below FT (high)
     lo: int
     hi: int  # the answer lies in [lo, hi]; hi == len(grid) means "no grid point passes"
     pending: int | None = None
+
+    def passes(self, score: float) -> bool:
+        test = beats_baseline if self.name == "low" else reaches_ft
+        return test(score, self.reference, self.allowance)
 
     @property
     def done(self) -> bool:
@@ -41,7 +50,7 @@ class Bisection:
         return (self.lo + self.hi) // 2
 
     def update(self, index: int, score: float) -> None:
-        if score >= self.goal:
+        if self.passes(score):
             self.hi = min(self.hi, index)
         else:
             self.lo = max(self.lo, index + 1)
@@ -55,10 +64,10 @@ class SearchState:
     scores: dict[int, float] = field(default_factory=dict)  # grid index -> score
 
     @staticmethod
-    def new(grid: list[int], random_guess: float, margin: float, ft_score: float, tol: float) -> "SearchState":
+    def new(grid: list[int], baseline: float, margin: float, ft_score: float, tol: float) -> "SearchState":
+        """``baseline``: ``thresholds.baseline`` (chance or the majority class, the larger)."""
         n = len(grid)
-        return SearchState(grid, Bisection("low", random_guess + margin + 1e-12, 0, n),
-                           Bisection("high", ft_score - tol, 0, n))
+        return SearchState(grid, Bisection("low", baseline, margin, 0, n), Bisection("high", ft_score, tol, 0, n))
 
     def record(self, index: int, score: float) -> None:
         self.scores[index] = score

@@ -2,8 +2,10 @@
 
 For each model x task x APET structure: full fine-tuning gives the reference score, then a
 bisection over a log-spaced grid of trainable-parameter counts finds the low threshold
-(fewest parameters beating random guessing by --margin) and the high threshold (fewest
-reaching FT within --tol), training a handful of counts instead of the whole grid.
+(fewest parameters beating the baseline -- the larger of random guessing and the majority
+class -- by --margin) and the high threshold (fewest reaching FT within --tol), training a
+handful of counts instead of the whole grid. The definitions are apet_ray/thresholds.py's,
+shared with the report.
 The thresholds, trials and training steps spent versus the dense grid are printed and
 saved to RESULTS/param_ablation.thresholds.json.
 
@@ -25,10 +27,11 @@ from apet_ray.results import read_results
 from apet_ray.run import check_config
 from apet_ray.search import SearchState, ThresholdSearcher, log_grid
 from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config, trial_id
+from apet_ray.thresholds import HIGH_TOL, LOW_MARGIN, baseline
 
 DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", structures="add-discrete",
-    min_count=10, max_count=100_000, per_decade=4, margin=0.05, tol=0.02, head="frozen",
+    min_count=10, max_count=100_000, per_decade=4, margin=LOW_MARGIN, tol=HIGH_TOL, head="frozen",
     data_dir=None, data_source="auto", max_steps=40, eval_every=20, batch_size=16, train_limit=2000,
     eval_limit=200, max_input_len=64, workers=1, strategy="auto", results="results/param_ablation",
 )
@@ -44,8 +47,8 @@ def run(argv=None):
     parser.add_argument("--min-count", type=int)
     parser.add_argument("--max-count", type=int)
     parser.add_argument("--per-decade", type=int, help="grid points per factor of ten")
-    parser.add_argument("--margin", type=float, help="low threshold: score > random guess + margin")
-    parser.add_argument("--tol", type=float, help="high threshold: score >= FT score - tol")
+    parser.add_argument("--margin", type=float, help=f"low threshold: score > baseline + margin (default {LOW_MARGIN})")
+    parser.add_argument("--tol", type=float, help=f"high threshold: score >= FT score - tol (default {HIGH_TOL})")
     parser.add_argument("--head", choices=["frozen", "trainable"],
                         help="BERT classifier head; frozen keeps the count honest (a trained head alone beats chance)")
     args = parse(parser, argv)
@@ -73,7 +76,7 @@ def run(argv=None):
     if args.dry_run:
         for m, t, s, op, dist in searches:
             print(f"search {m} / {t} / APET-{dist.capitalize()} ({op}) / seed {s}: bisection over {len(grid)} counts "
-                  f"{grid[0]:,} .. {grid[-1]:,} ({args.per_decade} per decade), low threshold: > chance + {args.margin}, "
+                  f"{grid[0]:,} .. {grid[-1]:,} ({args.per_decade} per decade), low threshold: > baseline + {args.margin}, "
                   f"high: >= FT - {args.tol}")
         return
 
@@ -89,7 +92,8 @@ def run(argv=None):
             raise UserError(f"no FT result for {m} / {t} / seed {s}: cannot search for the high threshold")
         ft_score = float(ft_rows.final_score.iloc[0])
         random_guess = float(ft_rows.random_guess.iloc[0])
-        state = SearchState.new(grid, random_guess, args.margin, ft_score, args.tol)
+        base = baseline(random_guess, ft_rows.majority.iloc[0] if "majority" in ft_rows else None)
+        state = SearchState.new(grid, base, args.margin, ft_score, args.tol)
         name = f"param_ablation-{Path(m).name}-{t}-{op}-{dist}-s{s}"
         done = trials[trials.study == name] if not trials.empty else trials
         for _, row in done.iterrows():  # a rerun resumes from the probes already written
@@ -110,6 +114,7 @@ def run(argv=None):
         probes = len(state.scores)
         record = {
             "model": m, "task": t, "seed": s, "structure": f"{op}-{dist}", "random_guess": random_guess,
+            "baseline": base,
             "margin": args.margin, "ft_score": ft_score, "tol": args.tol, "grid": grid,
             "low_threshold": state.threshold(state.low), "high_threshold": state.threshold(state.high),
             "probes": {grid[i]: v for i, v in sorted(state.scores.items())}, "trials": probes,
@@ -118,7 +123,7 @@ def run(argv=None):
         }
         summary.append(record)
         print(f"[apet-ray] {m} / {t} / {op}-{dist} / seed {s}: low threshold {record['low_threshold']}, "
-              f"high threshold {record['high_threshold']} (FT {ft_score:.3f}, chance {random_guess:.2f}); "
+              f"high threshold {record['high_threshold']} (FT {ft_score:.3f}, baseline {base:.2f}); "
               f"{probes} of {len(grid)} grid counts trained = {100 * probes / len(grid):.0f}% of the dense grid's steps",
               flush=True)
     (results / "param_ablation.thresholds.json").write_text(json.dumps(summary, indent=2))

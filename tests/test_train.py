@@ -119,3 +119,16 @@ def test_peak_memory_is_this_runs_not_the_process_lifetime():
     if peak_memory_mb(cpu) == high:
         pytest.skip("this system cannot reset the peak RSS (no writable /proc/self/clear_refs)")
     assert peak_memory_mb(cpu) < high - 200
+
+
+def test_every_seed_is_scored_on_the_same_eval_examples_and_the_majority_is_recorded(tmp_path):
+    from apet_ray.models import load_tokenizer
+    from apet_ray.run.loop import _encoded, majority_rate
+
+    tokenizer = load_tokenizer("tiny-bert")
+    task = tiny().resolve_task()
+    evals = [_encoded(tiny(seed=s, eval_limit=10), task, "eval", tokenizer, "bert").examples for s in (0, 1)]
+    trains = [_encoded(tiny(seed=s, train_limit=10), task, "train", tokenizer, "bert").examples for s in (0, 1)]
+    assert evals[0] == evals[1] and trains[0] != trains[1]
+    out = train(tiny(max_steps=4, eval_limit=10), Recorder(tmp_path))
+    assert out.majority == majority_rate(evals[0]) and 0.5 <= out.majority <= 1.0

@@ -15,6 +15,7 @@ import pandas as pd
 from apet_ray.delta.methods import label_of, order_of, pet_methods
 from apet_ray.results import Results
 from apet_ray.tasks import TASKS
+from apet_ray.thresholds import LEARN_MARGIN, baseline, learned
 
 SCORE_COLUMNS = {"final": "final_score", "best": "best_score"}
 METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "rougeL": "ROUGE-L"}
@@ -69,7 +70,8 @@ def metric_label(metric: str) -> str:
 class ReportData:
     """Usable rows plus what was set aside, with report-ready columns added.
 
-    ``trials`` gains ``label``, ``family`` and ``score`` (the chosen score column);
+    ``trials`` gains ``label``, ``family``, ``score`` (the chosen score column), ``baseline``
+    (``thresholds.baseline``: chance or the majority class) and ``learned``;
     ``curves`` gains the trial's ``match``, ``label``, ``total_params``, ``metric``;
     ``transfer`` gains ``label`` and ``relative_value`` (given or computed).
     """
@@ -80,6 +82,14 @@ class ReportData:
     score_column: str
     task_types: dict[str, str]
     notes: list[str] = field(default_factory=list)
+
+    def learned_only(self) -> "ReportData":
+        """The same data without the trials that did not learn: what findings are judged on."""
+        keep = self.trials[self.trials["learned"]]
+        ids = set(keep["trial_id"])
+        return ReportData(keep, self.curves[self.curves["trial_id"].isin(ids)],
+                          self.transfer[self.transfer["trial_id"].isin(ids)], self.score_column, self.task_types,
+                          self.notes)
 
 
 _KEY_TEXT = ("study", "model", "family", "task", "task_type", "method", "op", "distribution", "match", "metric",
@@ -122,6 +132,15 @@ def prepare(results: Results, score: str = "final") -> ReportData:
     ]
     trials["family"] = [family_label(f, m) for f, m in zip(trials["family"], trials["model"])]
     trials["method_rank"] = trials["method"].map(order_of)
+    trials["baseline"] = [baseline(r, m) for r, m in zip(trials["random_guess"].astype(float), trials["majority"].astype(float))]
+    trials["learned"] = [learned(sc, b) for sc, b in zip(trials["score"], trials["baseline"])]
+    idle = trials[~trials["learned"]]
+    if len(idle):
+        listed = "; ".join(f"{lab} on {r.model} / {r.task} seed {r.seed}: {100 * r.score:.1f} % (baseline {100 * r.baseline:.1f} %)"
+                           for lab, r in zip(idle["label"], idle.itertuples()))
+        notes.append(f"{len(idle)} trial(s) did not learn (score within {100 * LEARN_MARGIN:g} points of the larger of "
+                     f"random guessing and the majority class): shown in the table and figures, left out of the "
+                     f"findings: {listed}.")
 
     task_types = {t: registered_task_type(t) for t in _all_tasks(results)}
     task_types.update(dict(zip(trials["task"], trials["task_type"])))

@@ -24,6 +24,19 @@ from apet_ray.report.plotting import (Skip, label_colors, ordered_labels, panel_
 from apet_ray.report.thresholds import HIGH_TOL, LOW_MARGIN, mean_by_budget, threshold_table
 
 
+BASELINE_LABEL = "baseline (chance or majority class)"
+
+
+def draw_baselines(ax, trials: pd.DataFrame, model: str, task: str) -> None:
+    """The baseline and FT of one model and task as horizontal lines (when known)."""
+    at = trials[(trials["model"] == model) & (trials["task"] == task)]
+    if len(at):
+        ax.axhline(100 * float(at["baseline"].mean()), color="0.4", linestyle=":", label=BASELINE_LABEL)
+    ft = at[at["method"] == "ft"]
+    if len(ft):
+        ax.axhline(100 * float(ft["score"].mean()), color="k", linestyle="--", linewidth=1, label="FT")
+
+
 # ---------------------------------------------------------------- Fig. 3
 
 
@@ -78,6 +91,10 @@ def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
         ft = group[group["method"] == "ft"].sort_values("total_params")
         if not ft.empty:
             ax.plot(ft["total_params"], 100 * ft["mean"], "k--", marker="s", label="FT")
+        if task in set(data.trials["task"]):  # a task's panel (not the mean over tasks): its baseline per size
+            at = data.trials[(data.trials["task"] == task) & (data.trials["family"] == family)]
+            base = at.groupby("total_params")["baseline"].mean().sort_index()
+            ax.plot(base.index, 100 * base.values, color="0.4", linestyle=":", label=BASELINE_LABEL)
         sizes = group.drop_duplicates("total_params").sort_values("total_params")
         ax.set_xscale("log")
         ax.set_xticks(
@@ -132,14 +149,18 @@ def fig5_structure(data: ReportData, out_dir: Path) -> list[Path]:
             )  # fmt: skip
         deltas = group.groupby("group")["delta"].mean()
         ax.set_xticks(range(len(groups)), labels=[f"={label_of(g)}\n{human(deltas[g])}" for g in groups])
-        # bars start near the lowest score, not at 0: the differences are the point; ticks show the scale
-        low = float((100 * (group["mean"] - group["std"].fillna(0))).min())
+        draw_baselines(ax, data.trials, model, task)
+        # bars start near the lowest score or baseline, not at 0: the differences are the point
+        at = data.trials[(data.trials["model"] == model) & (data.trials["task"] == task)]
+        low = min(float((100 * (group["mean"] - group["std"].fillna(0))).min()), 100 * float(at["baseline"].min()))
         ax.set_ylim(bottom=max(0.0, 5 * math.floor((low - 5) / 5)))
         ax.set_xlabel("matched PET method and its trainable-parameter count")
         ax.set_ylabel(panel_metric_label(group))
         ax.set_title(f"{task} · {model}")
         ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=colors[s], label=s) for s in structures]
+    handles += [Line2D([], [], color="0.4", linestyle=":", label=BASELINE_LABEL),
+                Line2D([], [], color="k", linestyle="--", linewidth=1, label="FT")]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2))
     suptitle(fig, "Fig. 5 — module structure at equal parameter count (mean ± std over seeds; y axis cut)")
     return save_figure(fig, out_dir, "fig5_structure")
@@ -243,15 +264,14 @@ def fig7_params(data: ReportData, out_dir: Path) -> list[Path]:
                 if not pd.isna(threshold):
                     ax.plot([threshold], [100 * mean[threshold]], marker=marker, markersize=12,
                             markerfacecolor="none", markeredgecolor=color, markeredgewidth=2, linestyle="")  # fmt: skip
-        random_guess = float(group["random_guess"].mean())
-        ax.axhline(100 * random_guess, color="0.4", linestyle=":", label="random guess")
+        ax.axhline(100 * float(group["baseline"].mean()), color="0.4", linestyle=":", label=BASELINE_LABEL)
         ft = group["ft_score"].dropna()
         if len(ft):
             ax.axhline(100 * float(ft.iloc[0]), color="k", linestyle="--", label="FT")
         handles, _ = ax.get_legend_handles_labels()
         handles += [
             Line2D([], [], marker="v", markersize=9, markerfacecolor="none", markeredgecolor="k", linestyle="",
-                   label=f"low threshold (> random + {100 * LOW_MARGIN:g})"),
+                   label=f"low threshold (> baseline + {100 * LOW_MARGIN:g})"),
             Line2D([], [], marker="^", markersize=9, markerfacecolor="none", markeredgecolor="k", linestyle="",
                    label=f"high threshold (≥ FT − {100 * HIGH_TOL:g})"),
         ]  # fmt: skip

@@ -225,7 +225,8 @@ def finding3(data: ReportData) -> Finding:
     )
     common_rule = (
         f"Thresholds per task, model and method from budget sweeps with at least 2 budgets: low = smallest "
-        f"budget whose mean score exceeds random guess + {_pts(LOW_MARGIN)} points, high = smallest budget "
+        f"budget whose mean score exceeds the baseline (the larger of random guessing and the majority class) "
+        f"+ {_pts(LOW_MARGIN)} points, high = smallest budget "
         f"whose mean score is ≥ FT − {_pts(HIGH_TOL)} points. "
     )
     high = Part(
@@ -322,7 +323,20 @@ def finding4(data: ReportData) -> Finding:
 
 
 def judge(data: ReportData) -> list[Finding]:
-    return [finding1(data), finding2(data), finding3(data), finding4(data)]
+    """Findings 1, 2 and 4 rest only on trials that learned (``thresholds.learned``): a run
+    at its baseline says nothing about structure or scale, so a part left without data is
+    "not enough data", never "not supported". Finding 3's sweeps need the counts that do
+    not beat the baseline: it reads every trial, its low threshold measured from the baseline."""
+    learned = data.learned_only()
+    idle = data.trials[~data.trials["learned"]] if len(data.trials) else data.trials
+    findings = [finding1(learned), finding2(learned), finding3(data), finding4(learned)]
+    if len(idle):
+        names = ", ".join(f"{label} ({model}, {task}, seed {seed})"
+                          for label, model, task, seed in idle[["label", "model", "task", "seed"]].itertuples(index=False))
+        for finding in (findings[0], findings[1], findings[3]):
+            for part in finding.parts:
+                part.evidence.append(f"Left out, did not learn ({len(idle)}): {names}.")
+    return findings
 
 
 def to_markdown(findings: list[Finding]) -> str:

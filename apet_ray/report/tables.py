@@ -28,17 +28,29 @@ def results_table(data: ReportData) -> pd.DataFrame:
     trials = data.trials
     if trials.empty:
         return pd.DataFrame(columns=CSV_COLUMNS)
-    stats = seed_stats(trials, _KEYS)
+    stats = pd.concat([seed_stats(trials, _KEYS), _baseline_rows(trials)], ignore_index=True)
     stats["ratio_pct"] = 100.0 * stats["delta_params"] / stats["total_params"]
     stats["score_mean_pct"] = 100.0 * stats["mean"]
     stats["score_std_pct"] = 100.0 * stats["std"]
     stats["method_label"] = stats["label"]
     stats["_type"] = stats["task_type"].map(TASK_TYPE_ORDER).fillna(len(TASK_TYPE_ORDER))
-    stats["_method"] = stats["method"].map(order_of)
+    stats["_method"] = [-1 if m == BASELINE else order_of(m) for m in stats["method"]]
     stats = stats.sort_values(
         ["_type", "task_type", "task", "family", "total_params", "model", "_method", "label", "delta_params"]
     )
     return stats[CSV_COLUMNS].reset_index(drop=True)
+
+
+BASELINE = "baseline"
+
+
+def _baseline_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per task and model: what a model that learned nothing scores (the larger of
+    random guessing and the majority class), so every score reads against it."""
+    keys = [k for k in _KEYS if k not in ("method", "label", "delta_params")]
+    rows = trials.groupby(keys, dropna=False)["baseline"].mean().rename("mean").reset_index()
+    return rows.assign(method=BASELINE, label="Baseline (chance or majority class)", delta_params=0,
+                       std=float("nan"), n_seeds=1)
 
 
 def _fmt_count(n: float) -> str:

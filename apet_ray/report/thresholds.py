@@ -4,10 +4,13 @@ Given one method's budget sweep on one model and task (trials with ``delta_param
 ``score``, several seeds per budget):
 
 - low threshold  = the smallest ``delta_params`` whose mean score over seeds exceeds
-  ``random_guess + margin`` (default margin 0.05, absolute, scores being fractions);
+  ``baseline + margin`` (the baseline: the larger of random guessing and the eval split's
+  majority class);
 - high threshold = the smallest ``delta_params`` whose mean score over seeds is at least
-  ``ft_score - tol`` (default tol 0.01), where ``ft_score`` is the mean score of the
-  ``method == "ft"`` trials of the same model and task.
+  ``ft_score - tol``, where ``ft_score`` is the mean score of the ``method == "ft"``
+  trials of the same model and task.
+
+Margin, tolerance and baseline are defined once, in ``apet_ray/thresholds.py``.
 
 Either is ``None`` when no budget in the sweep reaches it. Note that a threshold equal to
 the smallest budget tried is only an upper bound on the true one.
@@ -17,8 +20,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-LOW_MARGIN = 0.05
-HIGH_TOL = 0.01
+from apet_ray.thresholds import HIGH_TOL, LOW_MARGIN, beats_baseline, reaches_ft
+
+__all__ = ["HIGH_TOL", "LOW_MARGIN", "ft_scores", "high_threshold", "low_threshold", "mean_by_budget", "threshold_table"]
 
 
 def mean_by_budget(points: pd.DataFrame, score: str = "score") -> pd.Series:
@@ -32,11 +36,11 @@ def mean_by_budget(points: pd.DataFrame, score: str = "score") -> pd.Series:
 
 
 def low_threshold(
-    points: pd.DataFrame, random_guess: float, margin: float = LOW_MARGIN, score: str = "score"
+    points: pd.DataFrame, baseline: float, margin: float = LOW_MARGIN, score: str = "score"
 ) -> int | None:
-    """Smallest budget whose mean score exceeds ``random_guess + margin``; None if none does."""
+    """Smallest budget whose mean score exceeds ``baseline + margin``; None if none does."""
     means = mean_by_budget(points, score)
-    above = means[means > random_guess + margin]
+    above = means[[beats_baseline(m, baseline, margin) for m in means]]
     return int(above.index[0]) if len(above) else None
 
 
@@ -47,7 +51,7 @@ def high_threshold(
     if ft_score is None or pd.isna(ft_score):
         return None
     means = mean_by_budget(points, score)
-    reached = means[means >= ft_score - tol]
+    reached = means[[reaches_ft(m, ft_score, tol) for m in means]]
     return int(reached.index[0]) if len(reached) else None
 
 
@@ -70,7 +74,7 @@ def ft_scores(trials: pd.DataFrame, score: str = "score") -> dict[tuple[str, str
 
 THRESHOLD_COLUMNS = [
     "task", "model", "family", "total_params", "label", "method", "n_budgets", "min_budget",
-    "max_budget", "random_guess", "ft_score", "low_threshold", "high_threshold",
+    "max_budget", "random_guess", "baseline", "ft_score", "low_threshold", "high_threshold",
 ]  # fmt: skip
 
 
@@ -82,11 +86,13 @@ def threshold_table(
     Expects the prepared trials (``label`` and ``family`` columns, see ``report.data``).
     """
     rows = []
-    ft = ft_scores(trials, score)
+    # the high threshold needs an FT reference that learned: FT at its baseline is no target
+    ft = ft_scores(trials[trials["learned"]] if "learned" in trials else trials, score)
     for (task, model, label), group in trials[trials["method"] != "ft"].groupby(["task", "model", "label"]):
         budgets = sorted(group["delta_params"].unique())
         ft_score = ft.get((model, task))
         random_guess = float(group["random_guess"].mean())
+        base = float(group["baseline"].mean()) if "baseline" in group else random_guess
         rows.append(
             {
                 "task": task,
@@ -99,8 +105,9 @@ def threshold_table(
                 "min_budget": int(budgets[0]),
                 "max_budget": int(budgets[-1]),
                 "random_guess": random_guess,
+                "baseline": base,
                 "ft_score": ft_score,
-                "low_threshold": low_threshold(group, random_guess, margin, score),
+                "low_threshold": low_threshold(group, base, margin, score),
                 "high_threshold": high_threshold(group, ft_score, tol, score),
             }
         )

@@ -19,7 +19,7 @@ import pyarrow as pa
 from apet_ray.delta import DISTRIBUTIONS as SPEC_DISTRIBUTIONS
 from apet_ray.delta import OPS, matchable_methods, method_names
 
-SCHEMA_VERSION = "2"  # 2: trials gained family, peak_memory_mb, tokens_per_s, checkpoint_bytes
+SCHEMA_VERSION = "2"  # 2: trials gained family, majority, peak_memory_mb, tokens_per_s, checkpoint_bytes
 
 _STR, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
 
@@ -51,6 +51,7 @@ TRIALS_SCHEMA = pa.schema(
         _f("max_steps", _INT),
         _f("metric", _STR),
         _f("random_guess", _FLOAT),
+        _f("majority", _FLOAT, True),  # the eval split's majority-class rate (classification)
         _f("final_score", _FLOAT),
         _f("best_score", _FLOAT),
         _f("ft_score", _FLOAT, True),
@@ -111,7 +112,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 TABLES = ("trials", "curves", "transfer")
 
 # Columns added after schema 1: a file without them still reads (as nulls).
-ADDED_COLUMNS = {"trials": ("family", "tokens_per_s", "peak_memory_mb", "checkpoint_bytes")}
+ADDED_COLUMNS = {"trials": ("family", "majority", "tokens_per_s", "peak_memory_mb", "checkpoint_bytes")}
 
 # closed vocabularies; a typo here would silently drop a trial from every figure. Methods
 # come from the registry when a row is checked, so a newly registered method is accepted.
@@ -129,7 +130,7 @@ _CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "family": lambda: FAMILIES,
 }
 # scores are fractions; a 0-100 value is the most likely silent mistake, so refuse it
-_FRACTION_COLUMNS = ("random_guess", "final_score", "best_score", "ft_score", "score", "in_task_score")
+_FRACTION_COLUMNS = ("random_guess", "majority", "final_score", "best_score", "ft_score", "score", "in_task_score")
 
 TRIAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 

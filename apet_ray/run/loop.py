@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -29,6 +30,7 @@ from apet_ray.tasks import load_examples
 
 # report(metrics, checkpoint_folder_or_None): metrics carry the whole record ("record")
 Report = Callable[[dict, "str | None"], None]
+EVAL_SUBSET_SEED = 0  # which eval examples a limited evaluation uses: one subset for every seed
 
 
 def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) -> RunRecord:
@@ -51,6 +53,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     record = RunRecord(
         config=cfg.to_dict(), model=info.name, family=info.family, task=task.name, task_type=task.type,
         metric=task.metric, random_guess=0.0 if info.family == "t5" else task.random_guess,  # SPEC §5
+        majority=majority_rate(eval_data.examples) if task.is_classification else None,
         lr=base_lr, strategy="", workers=world, trainable_params=count_trainable(model),
         delta_params=count_deltas(model), total_params=count_backbone(model), requested_params=plan.requested)
 
@@ -146,14 +149,23 @@ def _adamw(named: dict[str, torch.Tensor], base_lr: float, prompt_lr: float, wei
 
 def _encoded(cfg: TrainConfig, task, split: str, tokenizer, family: str):
     limit = cfg.train_limit if split == "train" else cfg.eval_limit
-    examples = load_examples(task, split, limit=limit, seed=cfg.seed, **cfg.data_source_kwargs())
+    # the eval subset is the same for every seed: seeds differ in initialisation, masks and
+    # data order, and are all scored on the same examples
+    seed = cfg.seed if split == "train" else EVAL_SUBSET_SEED
+    examples = load_examples(task, split, limit=limit, seed=seed, **cfg.data_source_kwargs())
     return encode(task, examples, tokenizer, family, cfg.max_input_len)
 
 
+def majority_rate(examples) -> float:
+    """The share of the most common label: what always answering it would score."""
+    counts = Counter(e.label for e in examples)
+    return max(counts.values()) / len(examples) if examples else float("nan")
+
+
 def _transfer(cfg: TrainConfig, model, task, target: str, family: str, tokenizer, device) -> float:
-    return evaluate_transfer(model, task, target, family, tokenizer, device, seed=cfg.seed, batch_size=cfg.batch_size * 2,
-                             eval_limit=cfg.eval_limit, max_input_len=cfg.max_input_len, data_dir=cfg.data_dir,
-                             data_source=cfg.data_source)
+    return evaluate_transfer(model, task, target, family, tokenizer, device, seed=EVAL_SUBSET_SEED,
+                             batch_size=cfg.batch_size * 2, eval_limit=cfg.eval_limit, max_input_len=cfg.max_input_len,
+                             data_dir=cfg.data_dir, data_source=cfg.data_source)
 
 
 def report_metrics(record: RunRecord) -> dict:

@@ -22,6 +22,7 @@ class RunRecord:
     task_type: str  # sa, nli, pi, qa, sum
     metric: str
     random_guess: float  # chance level on this family (an untrained T5 emits no valid label: 0)
+    majority: float | None  # the eval split's majority-class rate (classification), else None
     lr: float
     strategy: str
     workers: int

@@ -75,3 +75,25 @@ def test_transfer_better_across_types_is_not_supported(tmp_path: Path) -> None:
     finding = finding4(_data(tmp_path))
     assert finding.verdict == NOT_SUPPORTED
     assert "within-type 50.0% over 1 pairs, cross-type 87.5% over 2 pairs" in finding.parts[0].evidence[0]
+
+
+def test_trials_at_the_majority_class_give_not_enough_data_never_a_verdict(tmp_path: Path) -> None:
+    # every trial of a full synthetic study sat at the majority class (58 %): nothing learned,
+    # so no finding may be judged from it -- and the report must say which trials
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    build_study(tmp_path)
+    for path in (tmp_path / "trials").glob("*.parquet"):
+        table = pq.read_table(path)
+        for column in ("final_score", "best_score", "majority"):
+            table = table.set_column(table.schema.get_field_index(column), column,
+                                     pa.array([0.58] * table.num_rows, pa.float64()))
+        pq.write_table(table, path)
+    data = _data(tmp_path)
+    assert not data.trials["learned"].any()
+    findings = judge(data)
+    assert [f.verdict for f in findings] == [NOT_ENOUGH] * 4
+    text = to_markdown(findings)
+    assert "did not learn" in text and "LoRA (bert-small, sst2, seed 0)" in text
+    assert any("did not learn" in note for note in data.notes)

@@ -16,7 +16,7 @@ AXIS_LABELS = {
     "fig3_scaling": ["backbone parameters (log scale)", "accuracy (%)", "FT"],
     "fig5_structure": ["matched PET method and its trainable-parameter count", "APET-Discrete (add)"],
     "fig6_convergence": ["training step", "steps to converge", "APET-Adjacent"],
-    "fig7_params": ["trainable delta parameters (log scale)", "random guess", "low threshold"],
+    "fig7_params": ["trainable delta parameters (log scale)", "baseline (chance or majority class)", "low threshold"],
     "fig9_transfer": ["target task [type]", "source task (trained on) [type]", "relative transfer"],
 }
 

@@ -14,10 +14,23 @@ from apet_ray.report.tables import results_table, write_tables
 from apet_ray.results import read_results
 
 
-def _table(results_dir: Path, score: str = "final") -> pd.DataFrame:
+def _table(results_dir: Path, score: str = "final", baseline: bool = False) -> pd.DataFrame:
     results, problems = read_results(results_dir)
     assert problems == []
-    return results_table(prepare(results, score))
+    table = results_table(prepare(results, score))
+    return table if baseline else table[table["method"] != "baseline"].reset_index(drop=True)
+
+
+def test_each_task_and_model_opens_with_its_baseline_row(tmp_path: Path) -> None:
+    # the baseline: the larger of random guessing (0.5) and the majority class (0.58)
+    put(tmp_path, trial_row("lora-0", final_score=0.80, majority=0.58))
+    put(tmp_path, trial_row("lora-1", seed=1, final_score=0.82, majority=0.58))
+    put(tmp_path, trial_row("big", model="bert-base", total_params=MODELS["bert-base"], final_score=0.9))
+    table = _table(tmp_path, baseline=True)
+    rows = table[table["method"] == "baseline"]
+    assert list(rows["model"]) == ["bert-small", "bert-base"]  # by size
+    assert rows["score_mean_pct"].tolist() == pytest.approx([58.0, 50.0])  # no majority recorded: chance
+    assert list(table["method"]) == ["baseline", "lora", "baseline", "lora"]
 
 
 def test_mean_std_and_ratio_over_seeds(tmp_path: Path) -> None:
@@ -79,4 +92,4 @@ def test_written_files(tmp_path: Path) -> None:
     tex = paths[2].read_text(encoding="utf-8")
     assert r"82.00 $\pm$ 2.83" in tex and r"1.03\%" in tex and r"\begin{tabular}" in tex
     csv = pd.read_csv(paths[1])
-    assert csv.loc[0, "score_mean_pct"] == pytest.approx(82.0)
+    assert csv[csv["method"] == "lora"]["score_mean_pct"].iloc[0] == pytest.approx(82.0)

@@ -42,16 +42,16 @@ def test_mean_by_budget_is_sorted_means() -> None:
 
 
 def test_low_threshold() -> None:
-    assert low_threshold(SWEEP, random_guess=0.5) == 400
-    assert low_threshold(SWEEP, random_guess=0.5, margin=0.25) == 6400  # 0.72 is not above 0.75
-    assert low_threshold(SWEEP, random_guess=0.0) == 100
-    assert low_threshold(SWEEP, random_guess=0.9) is None
+    assert low_threshold(SWEEP, baseline=0.5) == 400
+    assert low_threshold(SWEEP, baseline=0.5, margin=0.25) == 6400  # 0.72 is not above 0.75
+    assert low_threshold(SWEEP, baseline=0.0) == 100
+    assert low_threshold(SWEEP, baseline=0.9) is None
 
 
 def test_low_threshold_is_strictly_above_and_uses_the_mean_over_seeds() -> None:
     # one seed at 0.70 would pass, but the mean 0.55 is not *above* 0.5 + 0.05
     exact = sweep({100: [0.40, 0.70], 200: [0.60, 0.62]})
-    assert low_threshold(exact, random_guess=0.5) == 200
+    assert low_threshold(exact, baseline=0.5) == 200
 
 
 def test_high_threshold() -> None:
@@ -63,7 +63,7 @@ def test_high_threshold() -> None:
 
 def test_thresholds_take_the_smallest_budget_even_if_a_larger_one_dips() -> None:
     bumpy = sweep({100: [0.60], 400: [0.52], 1600: [0.80]})
-    assert low_threshold(bumpy, random_guess=0.5) == 100
+    assert low_threshold(bumpy, baseline=0.5) == 100
     assert high_threshold(bumpy, ft_score=0.80) == 1600
 
 
