@@ -7,6 +7,8 @@ sharded with it and are the only tensors that get gradients and optimizer state.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -26,6 +28,25 @@ def local_device() -> torch.device:
 
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """The CPU computes bf16 natively (AMX or AVX-512-BF16): autocast there is about 2x
+    faster than fp32 on MiniLM (docs/benchmarks.md); elsewhere bf16 is emulated, and slower."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def use_bf16(precision: str, device: torch.device, world: int) -> bool:
+    """``auto``: bf16 on CUDA, and on a CPU with native bf16 for a single-process run (the
+    multi-process CPU paths, gloo DDP/FSDP, stay fp32); ``bf16`` / ``fp32`` as asked."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (device.type == "cpu" and world == 1 and cpu_has_fast_bf16())
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -11,7 +11,7 @@ and a naive dense weight-times-mask delta (what Add-Discrete costs without the s
 parameterisation). Variants run round-robin (warm-up, then repetitions, medians), so
 machine noise hits them alike. Also records trainable and optimizer-state bytes.
 
-    python benchmarks/step_time.py [--reps 15] [--model minilm|bert-base|t5-base] [--device cpu|cuda]
+    python benchmarks/step_time.py [--reps 15] [--model minilm|bert-base|t5-base] [--device cpu|cuda] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -74,8 +74,12 @@ def build(variant: str, model_name: str):
     return model
 
 
-def step_fn(model, variant, batch, labels, opt):
+def step_fn(model, variant, batch, labels, opt, bf16: bool = False):
     def step():
+        with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=bf16):
+            run()
+
+    def run():
         if variant == "floor":  # forward + backward to the inputs: nothing trains
             embeds = model.backbone.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_()
             hidden = model.backbone(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
@@ -96,6 +100,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast around forward and backward (what --precision auto picks on AMX CPUs)")
     p.add_argument("--variants", default="floor,peft-lora,lora,apet-add-adjacent,apet-add-discrete,"
                    "apet-concat-adjacent,apet-concat-discrete,apet-plugin-adjacent,apet-plugin-discrete,"
                    "dense-mask,bitfit,adapter,prompt,ft")
@@ -113,7 +119,7 @@ def main() -> None:
         model = build(v, args.model).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01) if params else None
-        models[v], steps[v] = model, step_fn(model, v, batch, labels, opt)
+        models[v], steps[v] = model, step_fn(model, v, batch, labels, opt, bf16=args.precision == "bf16")
         for _ in range(args.warmup):
             steps[v]()
         state_bytes = sum(t.numel() * t.element_size() for s in (opt.state.values() if opt else [])
@@ -138,14 +144,15 @@ def main() -> None:
                "x_ft": med[v] / med["ft"] if "ft" in med else None}
         rows.append(row)
     meta = {"model": args.model, "batch": args.batch, "seq": args.seq, "reps": args.reps, "threads": args.threads,
+            "precision": args.precision,
             "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "load_average": os.getloadavg()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"step_time_{Path(args.model).name}_{device.type}"
+    stem = f"step_time_{Path(args.model).name}_{device.type}" + ("_bf16" if args.precision == "bf16" else "")
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [f"# Training-step time: {args.model}, batch {args.batch} x seq {args.seq}, {meta['device']}, "
-             f"{args.threads} threads, median of {args.reps}", "",
+             f"{args.threads} threads, {args.precision}, median of {args.reps}", "",
              "| variant | trainable | optimizer state | median ms | x floor | x peft LoRA | x FT |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         fmt = lambda x: f"{x:.3f}" if x is not None else "-"

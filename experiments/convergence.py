@@ -15,7 +15,7 @@ from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, 
 DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", match="lora", ops="add",
     data_dir=None, data_source="auto", max_steps=80, eval_every=10, batch_size=16, train_limit=2000,
-    eval_limit=200, max_input_len=64, workers=1, strategy="auto", results="results/convergence",
+    eval_limit=200, max_input_len=64, workers=None, strategy="auto", results="results/convergence",
 )
 
 # --profile paper: the paper's setting (study.cli.PAPER) with these step counts -- the

@@ -33,7 +33,7 @@ DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", structures="add-discrete",
     min_count=10, max_count=100_000, per_decade=4, margin=LOW_MARGIN, tol=HIGH_TOL, head="frozen",
     data_dir=None, data_source="auto", max_steps=40, eval_every=20, batch_size=16, train_limit=2000,
-    eval_limit=200, max_input_len=64, workers=1, strategy="auto", results="results/param_ablation",
+    eval_limit=200, max_input_len=64, workers=None, strategy="auto", results="results/param_ablation",
 )
 
 # --profile paper: the paper's setting (study.cli.PAPER) with these step counts -- the
@@ -102,7 +102,7 @@ def run(argv=None):
 
         def make(count, m=m, t=t, s=s, op=op, dist=dist, name=name):
             cfg = config(m, t, s, DeltaSpec.apet(op, dist, budget=count, seed=s))
-            return {"trial_id": trial_id(cfg, name), "train": cfg.to_dict()}
+            return {"trial_id": trial_id(cfg, name), "name": f"apet-{op}-{dist}-{count}-s{s}", "train": cfg.to_dict()}
 
         searcher = ThresholdSearcher(state, make)
         if not (state.low.done and state.high.done):

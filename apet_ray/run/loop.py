@@ -19,7 +19,7 @@ import torch
 from apet_ray.data import collate, encode, global_batch, shard
 from apet_ray.delta import attach, count_backbone, count_deltas, count_trainable
 from apet_ray.distributed import (all_reduce_max, all_reduce_sum, frozen_checksum, local_device, rank_and_world,
-                                  resolve_strategy, unwrap, wrap)
+                                  resolve_strategy, unwrap, use_bf16, wrap)
 from apet_ray.models import build_model, load_tokenizer
 from apet_ray.run.checkpoint import Restored, save_checkpoint
 from apet_ray.run.config import TrainConfig, check_task_fits_family
@@ -65,7 +65,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     wall_before = record.wall_time_s  # a resumed run's wall time goes on from its checkpoint's
 
     # ---- placement, sharding, optimizer ----------------------------------------------------
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    bf16 = use_bf16(cfg.precision, device, world)
     model.to(device)
     record.strategy = strategy = resolve_strategy(cfg.strategy, world, record.total_params * 4, device)
     model = wrap(model, strategy, device, bf16)

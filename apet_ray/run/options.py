@@ -39,9 +39,12 @@ RUN_OPTIONS = (
     Option("eval_limit", int, "evaluate on a seeded subset of this many examples", when_unset="all"),
     Option("max_input_len", int, "truncate inputs to this many tokens", when_unset="the task's, 128 or 256"),
     Option("workers", int, "Ray Train workers per run; 0: train in this process (a study's trial process) with "
-           "no worker group to start, the fast choice for short single-process runs"),
+           "no worker group to start, the fast choice for short single-process runs",
+           when_unset="0 on a local Ray, 1 with --address"),
     Option("strategy", str, "how workers share the model", choices=STRATEGIES),
-    Option("precision", str, "numeric precision (auto: bf16 on CUDA, fp32 on CPU)", choices=PRECISIONS),
+    Option("precision", str, "numeric precision; auto: bf16 autocast on CUDA, and on a CPU with native bf16 "
+           "(AMX / AVX-512-BF16) for single-process runs, else fp32; deltas and optimizer state stay fp32",
+           choices=PRECISIONS),
 )
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}

@@ -47,6 +47,25 @@ def trial_id(cfg: TrainConfig, study: str) -> str:
     return f"{study}-{model}-{cfg.task}-{what}-s{cfg.seed}-{digest}"
 
 
+def trial_names(trials: list[TrainConfig]) -> list[str]:
+    """Short names that say what each trial is (``lora-s0``, ``apet-add-discrete=lora-s1``),
+    with the model and task when the grid has several; repeated names get a counter."""
+    def what(cfg: TrainConfig) -> str:
+        spec = cfg.spec
+        if spec.method != "apet":
+            return spec.method
+        return f"apet-{spec.op}-{spec.distribution}" + (f"={spec.match}" if spec.match else f"-{spec.budget}")
+
+    several = len({(t.model, t.task) for t in trials}) > 1
+    names, seen = [], {}
+    for cfg in trials:
+        where = f"{Path(cfg.model).name}-{cfg.task}-" if several else ""
+        name = f"{where}{what(cfg)}-s{cfg.seed}"
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return names
+
+
 # ---- validation, before Ray ------------------------------------------------------------------
 
 def validate(study: StudyConfig, trials: list[TrainConfig]) -> list[RunPlan]:
@@ -151,43 +170,6 @@ def tune_trial(config: dict) -> None:
         raise result.error
 
 
-def _writer_class():
-    from ray.tune import Callback
-
-    class ResultsWriter(Callback):
-        """Driver side: one Parquet file per table per trial, when the trial ends."""
-
-        def __init__(self, results: Path, study: str, code_version: str):
-            self.results, self.study, self.code_version = results, study, code_version
-            self.written = 0
-            self.ids: list[str] = []
-
-        def _write(self, trial, status: str) -> None:
-            from apet_ray.results import rows_from_record, write_trial
-            from apet_ray.run.record import RunRecord
-
-            last = trial.last_result or {}
-            if last.get("already_recorded"):
-                return
-            tid = trial.config["trial"]["trial_id"]
-            if "record" not in last:
-                print(f"[apet-ray] trial {tid} ended ({status}) before its first evaluation: no results written",
-                      flush=True)
-                return
-            rows = rows_from_record(RunRecord.from_dict(last["record"]), self.study, tid, status, self.code_version)
-            write_trial(self.results, tid, rows.trial, rows.curves, rows.transfer)
-            self.written += 1
-            self.ids.append(tid)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._write(trial, "finished")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._write(trial, "error")
-
-    return ResultsWriter
-
-
 def _placement(study: StudyConfig, workers: int, most: int) -> tuple[dict, float, int, bool]:
     """(a trial's Tune resources, CPUs per worker, trials at a time, GPUs?) on this cluster."""
     import ray
@@ -223,6 +205,7 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     from ray import tune
 
     from apet_ray.study.asha import GroupedASHA
+    from apet_ray.study.callbacks import Progress, ResultsWriter, trial_dirname, trial_name
 
     from apet_ray.run.launch import code_version, init_ray
 
@@ -232,7 +215,9 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     workers = trials[0].workers
     local = study.address in (None, "", "local")
     trial_resources, cpus_per_worker, concurrent, use_gpu = _placement(study, workers, len(trials) if searcher is None else 2)
-    grid = [{"trial_id": trial_id(t, study.study), "group": f"{t.model} | {t.task}", "train": t.to_dict()} for t in trials]
+    names = trial_names(trials)
+    grid = [{"trial_id": trial_id(t, study.study), "name": name, "group": f"{t.model} | {t.task}", "train": t.to_dict()}
+            for t, name in zip(trials, names)]
     how = f"{workers} worker(s) each" if workers else "each in its own process"
     print(f"[apet-ray] {study.study}: {len(grid) if searcher is None else 'searched'} trials, up to {concurrent} at a time, "
           f"{how}{' on GPUs' if use_gpu else ''}; ASHA {'on, per model and task' if study.asha else 'off'}; "
@@ -251,13 +236,14 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     eval_every = min(t.eval_every for t in trials)
     scheduler = GroupedASHA(time_attr="step", max_t=max_steps, grace_period=eval_every * study.grace_evals,
                             reduction_factor=2) if study.asha else None
-    writer = _writer_class()(results, study.study, code_version())
+    writer = ResultsWriter(results, study.study, code_version())
+    progress = Progress(len(grid) if searcher is None else None, concurrent)
     tune_path = str(results / "ray")
     if study.resume:
         tuner = tune.Tuner.restore(str(results / "ray" / study.study), trainable=trainable,
                                    resume_unfinished=True, resume_errored=True, param_space=param_space)
         # callbacks are not saved with the experiment: the writer comes back through the run config
-        tuner._local_tuner._run_config.callbacks = [writer, *callbacks]
+        tuner._local_tuner._run_config.callbacks = [writer, progress, *callbacks]
     else:
         tuner = tune.Tuner(
             trainable,
@@ -268,10 +254,14 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
                                         # the next trial starts in a warm process: no second import of torch.
                                         # Not for Train runs: a reused trial process that ASHA stopped
                                         # keeps its Train run (and its CPUs) alive, and the study hangs
-                                        reuse_actors=workers == 0),
+                                        reuse_actors=workers == 0,
+                                        trial_name_creator=trial_name,
+                                        trial_dirname_creator=trial_dirname),
             # a Train run retries itself (make_trainer); a trial that trains in its own process
             # is retried by Tune, from its last checkpoint
-            run_config=tune.RunConfig(name=study.study, storage_path=tune_path, callbacks=[writer, *callbacks], verbose=1,
+            # verbose 0: Progress prints one line per trial instead of Tune's config dumps
+            run_config=tune.RunConfig(name=study.study, storage_path=tune_path, callbacks=[writer, progress, *callbacks],
+                                      verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1 if workers == 0 else 0),
                                       # --workers 0 checkpoints through Tune: keep two, as a Train run does
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
@@ -279,6 +269,8 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     started = time.time()
     grid_result = tuner.fit()
     errors = [r.error for r in grid_result if r.error is not None]
+    if progress.rows:
+        print(progress.table(), flush=True)
     print(f"[apet-ray] {study.study} finished in {time.time() - started:.0f} s: {len(grid_result)} trials, "
           f"{len(errors)} errors, {writer.written} written now; tables in {results}/trials, {results}/curves", flush=True)
     if study.report:

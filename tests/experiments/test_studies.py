@@ -38,7 +38,7 @@ def curves(results) -> pd.DataFrame:
 def train_path(tmp_path_factory) -> Path:
     """The tiny structure ablation, every trial a one-worker Ray Train run."""
     results = tmp_path_factory.mktemp("train-path")
-    done = study(results, "--max-steps", "4")
+    done = study(results, "--max-steps", "4", "--workers", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     return results
 

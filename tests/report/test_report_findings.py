@@ -97,3 +97,19 @@ def test_trials_at_the_majority_class_give_not_enough_data_never_a_verdict(tmp_p
     text = to_markdown(findings)
     assert "did not learn" in text and "LoRA (bert-small, sst2, seed 0)" in text
     assert any("did not learn" in note for note in data.notes)
+
+
+def test_a_high_threshold_never_reached_counts_as_above_the_sweep(tmp_path: Path) -> None:
+    # the small model reaches FT at 1,000 parameters; the large one never does within 10,000:
+    # that is evidence against "the high threshold falls", not a missing value
+    from apet_ray.report.findings import finding3
+
+    for model, scores, ft in (("bert-small", (0.62, 0.90, 0.90), 0.90), ("bert-large", (0.62, 0.70, 0.80), 0.95)):
+        base = {"model": model, "total_params": MODELS[model]}
+        put(tmp_path, trial_row(f"{model}-ft", **base, method="ft", delta_params=MODELS[model], final_score=ft))
+        for budget, score in zip((100, 1000, 10_000), scores):
+            put(tmp_path, trial_row(f"{model}-{budget}", **base, method="apet", op="add", distribution="discrete",
+                                    requested_params=budget, delta_params=budget, final_score=score))
+    high = finding3(_data(tmp_path)).parts[0]
+    assert high.verdict == NOT_SUPPORTED
+    assert any("1,000 on bert-small" in e and "above 10,000 on bert-large" in e for e in high.evidence)

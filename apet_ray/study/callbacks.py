@@ -1,0 +1,102 @@
+"""The Tune driver's two callbacks: the results writer and the console.
+
+``ResultsWriter`` writes each trial's Parquet rows when it ends -- finished, stopped by
+ASHA or failed -- from the run record its last report carried, so a crash never tears a
+file and a resumed study never duplicates a row. ``Progress`` prints one line per started
+and per finished trial (what it is, its score, an ETA) and a status table at the end, in
+place of Tune's own per-trial config dumps.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+from apet_ray.results import rows_from_record, write_trial
+from apet_ray.run.record import RunRecord
+
+
+def trial_name(trial) -> str:
+    """What the trial is, e.g. ``lora-s0`` or ``apet-add-discrete=lora-s1`` (set by run_study)."""
+    return trial.config["trial"].get("name", trial.trial_id)
+
+
+def trial_dirname(trial) -> str:
+    """The trial's folder under results/ray/<study>/: its name, unique by Tune's id."""
+    return f"{trial_name(trial)}-{trial.trial_id}"
+
+
+class ResultsWriter(Callback):
+    def __init__(self, results: Path, study: str, code_version: str):
+        self.results, self.study, self.code_version = results, study, code_version
+        self.written = 0
+        self.ids: list[str] = []
+
+    def _write(self, trial, status: str) -> None:
+        last = trial.last_result or {}
+        if last.get("already_recorded"):
+            return
+        tid = trial.config["trial"]["trial_id"]
+        if "record" not in last:
+            print(f"[apet-ray] {trial_name(trial)} ended ({status}) before its first evaluation: no results written",
+                  flush=True)
+            return
+        rows = rows_from_record(RunRecord.from_dict(last["record"]), self.study, tid, status, self.code_version)
+        write_trial(self.results, tid, rows.trial, rows.curves, rows.transfer)
+        self.written += 1
+        self.ids.append(tid)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write(trial, "finished")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(trial, "error")
+
+
+class Progress(Callback):
+    def __init__(self, total: int | None, concurrent: int):
+        self.total, self.concurrent = total, concurrent
+        self.started_at: dict[str, float] = {}
+        self.durations: list[float] = []
+        self.rows: list[tuple[str, str, int, str, str]] = []
+        self.t0 = time.time()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started_at[trial.trial_id] = time.time()
+        print(f"[apet-ray] start {trial_name(trial)}", flush=True)
+
+    def _end(self, trial, status: str) -> None:
+        last = trial.last_result or {}
+        self.durations.append(time.time() - self.started_at.get(trial.trial_id, self.t0))
+        record = last.get("record") or {}
+        history = record.get("history") or []
+        score = f"{record.get('metric', 'score')} {history[-1]['score']:.3f}" if history else "no evaluation"
+        steps = f"step {history[-1]['step']}/{record['config']['max_steps']}" if history else ""
+        if status == "finished" and history and history[-1]["step"] < record["config"]["max_steps"]:
+            status = "stopped (ASHA)"
+        if last.get("already_recorded"):
+            status, score = "recorded earlier", f"score {last.get('score', float('nan')):.3f}"
+        params = f"{record['delta_params']:,}" if "delta_params" in record else "?"
+        self.rows.append((trial_name(trial), steps, params, score, status))
+        done = len(self.durations)
+        eta = ""
+        if self.total:
+            left = self.total - done
+            mean = sum(self.durations) / done
+            eta = f"; about {max(left, 0) * mean / max(self.concurrent, 1) / 60:.0f} min left" if left > 0 else ""
+        print(f"[apet-ray] {status} {done}/{self.total or '?'} {trial_name(trial)}: {score}, {params} delta params, "
+              f"{self.durations[-1]:.0f} s{eta}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "finished")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "error")
+
+    def table(self) -> str:
+        widths = [max(len(str(r[i])) for r in self.rows + [("trial", "step", "params", "score", "status")])
+                  for i in range(5)]
+        lines = [("trial", "step", "params", "score", "status"), *self.rows]
+        return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
