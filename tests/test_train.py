@@ -36,7 +36,10 @@ class Recorder:
 
 def test_steps_to_converge():
     assert steps_to_converge([1, 2, 3, 4], [0.1, 0.5, 0.8, 0.79], tol=0.02) == 3
-    assert steps_to_converge([1, 2, 3, 4], [0.9, 0.5, 0.8, 0.9], tol=0.01) == 4
+    assert steps_to_converge([1, 2, 3, 4, 5], [0.9, 0.5, 0.8, 0.9, 0.9], tol=0.01) == 4
+    assert steps_to_converge([1, 2, 3, 4], [0.9, 0.5, 0.8, 0.9], tol=0.01) is None  # best only at the end
+    assert steps_to_converge([1, 2, 3, 4], [0.5, 0.6, 0.7, 0.9], tol=0.01) is None  # still rising at the end
+    assert steps_to_converge([1], [0.7], tol=0.0) == 1
     assert steps_to_converge([10, 20], [0.7, 0.7], tol=0.0) == 10
     assert steps_to_converge([], [], tol=0.1) is None
 

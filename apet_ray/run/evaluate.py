@@ -13,13 +13,16 @@ from apet_ray.distributed import rank_and_world, unwrap
 from apet_ray.tasks import Example, Task, decode_generated, get_task, label_token_ids, load_examples, score
 
 
-def evaluate(model, task: Task, data: Encoded, family: str, tokenizer, batch_size: int, device) -> float:
+def evaluate(model, task: Task, data: Encoded, family: str, tokenizer, batch_size: int, device,
+             autocast: bool = False) -> float:
     """The task's metric on ``data``."""
-    return float(score(task, predict(model, task, data, family, tokenizer, batch_size, device), data.examples))
+    preds = predict(model, task, data, family, tokenizer, batch_size, device, autocast)
+    return float(score(task, preds, data.examples))
 
 
 @torch.no_grad()
-def predict(model, task: Task, data: Encoded, family: str, tokenizer, batch_size: int, device) -> list:
+def predict(model, task: Task, data: Encoded, family: str, tokenizer, batch_size: int, device,
+            autocast: bool = False) -> list:
     """Predictions for ``data`` (label ids, -1 for an invalid generation, or texts), split
     over the workers and gathered on every rank.
 
@@ -38,12 +41,13 @@ def predict(model, task: Task, data: Encoded, family: str, tokenizer, batch_size
     for i in range(0, per, batch_size):
         rows = mine[i: i + batch_size]
         batch = {k: v.to(device) for k, v in collate(data, rows, tokenizer.pad_token_id, family).items() if k != "labels"}
-        if family == "bert":
-            preds += model(**batch)["logits"].argmax(-1).tolist()
-        else:
-            generator = model if hasattr(model, "generate") else unwrap(model)
-            out = generator.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=gen_len).tolist()
-            preds += [decode_generated(task, ids, tokenizer, label_ids) for ids in out]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):  # as the training forward
+            if family == "bert":
+                preds += model(**batch)["logits"].argmax(-1).tolist()
+            else:
+                generator = model if hasattr(model, "generate") else unwrap(model)
+                out = generator.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=gen_len).tolist()
+                preds += [decode_generated(task, ids, tokenizer, label_ids) for ids in out]
     if was_training:
         model.train()
     preds = preds[: max(0, min(per, n - rank * per))]
@@ -56,7 +60,7 @@ def predict(model, task: Task, data: Encoded, family: str, tokenizer, batch_size
 
 def evaluate_transfer(model, source: Task, target_name: str, family: str, tokenizer, device, *, seed: int,
                       batch_size: int, eval_limit: int | None, max_input_len: int | None, data_dir: str | None,
-                      data_source: str) -> float:
+                      data_source: str, autocast: bool = False) -> float:
     """Zero-shot transfer: the model trained on ``source`` predicts on ``target``; both label
     sets are mapped to the unified one (negative / not-entailment / false -> 0, positive /
     entailment / true -> 1) and examples without a unified label are left out."""
@@ -67,6 +71,6 @@ def evaluate_transfer(model, source: Task, target_name: str, family: str, tokeni
     as_source = [Example(inputs=(" ".join(e.inputs),) if len(source.text_columns) == 1 else (e.inputs + ("",))[:2],
                          label=0) for e in examples]
     data = encode(source, as_source, tokenizer, family, max_input_len)
-    preds = predict(model, source, data, family, tokenizer, batch_size, device)
+    preds = predict(model, source, data, family, tokenizer, batch_size, device, autocast)
     hits = [p >= 0 and source.to_unified(p) == target.to_unified(e.label) for p, e in zip(preds, examples)]
     return sum(hits) / max(len(hits), 1)

@@ -69,6 +69,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     model.to(device)
     record.strategy = strategy = resolve_strategy(cfg.strategy, world, record.total_params * 4, device)
     model = wrap(model, strategy, device, bf16)
+    autocast = bf16 and strategy != "fsdp"  # FSDP's mixed-precision policy casts by itself
     named = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
     # FSDP2 swaps registered parameters between sharded and unsharded: hold the sharded ones
     frozen = [p for p in unwrap(model).parameters() if not p.requires_grad]
@@ -91,7 +92,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
         rows = shard(global_batch(len(train_data), cfg.batch_size, step, cfg.seed), rank, world)
         batch = {k: v.to(device) for k, v in collate(train_data, rows, tokenizer.pad_token_id, info.family).items()}
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout depends on the step alone: exact resumes
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and strategy != "fsdp"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = model(**batch)["loss"]
         loss.backward()
         optimizer.step()
@@ -106,13 +107,13 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
         window = time.perf_counter() - t_window
         step_losses = [x / world for x in all_reduce_sum(losses, world)]  # global mean loss of each step
         tokens = int(all_reduce_sum([tokens], world)[0])
-        score = evaluate(model, task, eval_data, info.family, tokenizer, cfg.batch_size * 2, device)
+        score = evaluate(model, task, eval_data, info.family, tokenizer, cfg.batch_size * 2, device, autocast)
         record.train_time_s += window
         record.tokens += tokens
         record.history.append({"step": done, "score": score, "loss": sum(step_losses) / len(step_losses),
                                "tokens_per_s": tokens / max(window, 1e-9), "elapsed_s": record.train_time_s})
         if done == cfg.max_steps:
-            record.transfer = {target: _transfer(cfg, model, task, target, info.family, tokenizer, device)
+            record.transfer = {target: _transfer(cfg, model, task, target, info.family, tokenizer, device, autocast)
                                for target in cfg.transfer_tasks}
         record.peak_memory_mb = all_reduce_max(peak_memory_mb(device), world)
         record.wall_time_s = wall_before + time.perf_counter() - t_start
@@ -162,10 +163,10 @@ def majority_rate(examples) -> float:
     return max(counts.values()) / len(examples) if examples else float("nan")
 
 
-def _transfer(cfg: TrainConfig, model, task, target: str, family: str, tokenizer, device) -> float:
+def _transfer(cfg: TrainConfig, model, task, target: str, family: str, tokenizer, device, autocast: bool) -> float:
     return evaluate_transfer(model, task, target, family, tokenizer, device, seed=EVAL_SUBSET_SEED,
                              batch_size=cfg.batch_size * 2, eval_limit=cfg.eval_limit, max_input_len=cfg.max_input_len,
-                             data_dir=cfg.data_dir, data_source=cfg.data_source)
+                             data_dir=cfg.data_dir, data_source=cfg.data_source, autocast=autocast)
 
 
 def report_metrics(record: RunRecord) -> dict:

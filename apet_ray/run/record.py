@@ -80,11 +80,15 @@ class RunRecord:
 
 
 def steps_to_converge(steps: list[int], scores: list[float], tol: float) -> int | None:
-    """First evaluated step from which the score stays within ``tol`` of its best."""
+    """First evaluated step from which the score stays within ``tol`` of its best; None when
+    that is only the last evaluation of several -- a curve still rising at the end has not
+    been seen to converge, and counting its last step would tie every short run."""
     if not scores:
         return None
     best = max(scores)
     first = len(scores) - 1
     while first > 0 and scores[first - 1] >= best - tol:
         first -= 1
+    if first == len(scores) - 1 and len(scores) > 1:
+        return None
     return steps[first]

