@@ -29,9 +29,11 @@ def local_ray():
 
 
 def tiny(**kw) -> TrainConfig:
+    # fp32 on every side: the single-process reference would otherwise take bf16 autocast on
+    # an AMX CPU, where the multi-process CPU paths stay fp32 (distributed.use_bf16)
     base = dict(model="tiny-bert", task="sst2", data_dir=DATA, batch_size=8, max_steps=20, eval_every=4,
                 eval_limit=32, spec=DeltaSpec.apet("add", "discrete", budget=3000, seed=1), workers=2,
-                verify_frozen=True)
+                verify_frozen=True, precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 
