@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +40,18 @@ class StudyConfig:
 # ---- identity of a trial -------------------------------------------------------------------
 
 def trial_id(cfg: TrainConfig, study: str) -> str:
-    """Stable across restarts: the same grid point always writes the same files."""
+    """Stable across restarts: the same grid point always writes the same files. It becomes
+    a file name, so a model folder or task name with spaces, other scripts or great length
+    is reduced to safe characters here (the digest keeps such ids distinct)."""
     spec = cfg.spec
     digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
     what = spec.method if spec.method != "apet" else f"apet-{spec.op}-{spec.distribution}-{spec.match or spec.budget}"
-    model = Path(cfg.model).name.replace("_", "-")
-    return f"{study}-{model}-{cfg.task}-{what}-s{cfg.seed}-{digest}"
+    model = _safe(Path(cfg.model).name.replace("_", "-"))
+    return f"{_safe(study)}-{model}-{_safe(cfg.task)}-{what}-s{cfg.seed}-{digest}"
+
+
+def _safe(part: str, limit: int = 40) -> str:
+    return (re.sub(r"[^A-Za-z0-9._=+-]+", "-", part).strip("-.") or "x")[:limit]
 
 
 def trial_names(trials: list[TrainConfig]) -> list[str]:

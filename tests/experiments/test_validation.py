@@ -92,3 +92,14 @@ def test_resume_with_other_flags_is_refused(tmp_path):
     with pytest.raises(UserError, match="needs the flags of the interrupted study"):
         script("structure_ablation").run(TINY + ["--resume", "--results", str(results)])
     assert not ray.is_initialized()
+
+
+def test_trial_ids_are_safe_file_names_whatever_the_model_folder_is_called(tmp_path):
+    from apet_ray.results.schema import TRIAL_ID
+    from apet_ray.run import TrainConfig
+    from apet_ray.study import trial_id
+
+    odd = tmp_path / ("my modèle ✓ " + "x" * 160)
+    ids = [trial_id(TrainConfig(model=str(odd), task="sst2", seed=s), "structure_ablation") for s in (0, 1)]
+    assert all(TRIAL_ID.match(i) for i in ids) and ids[0] != ids[1]
+    assert trial_id(TrainConfig(model="minilm", task="rotten_tomatoes"), "e2").startswith("e2-minilm-rotten_tomatoes-lora-s0-")
