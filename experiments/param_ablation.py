@@ -87,7 +87,7 @@ def run(argv=None):
         trials = tables.trials
         model_name = resolve(config(m, t, s, DeltaSpec.pet("ft", seed=s)).model)[1].name  # as runs record it
         ft_rows = trials[(trials.study == ft_study.study) & (trials.method == "ft") & (trials.model == model_name)
-                         & (trials.task == t) & (trials.seed == s)] if not trials.empty else trials
+                         & (trials.task == t) & (trials.seed == s) & (trials.status == "finished")] if not trials.empty else trials
         if ft_rows.empty:
             raise UserError(f"no FT result for {m} / {t} / seed {s}: cannot search for the high threshold")
         ft_score = float(ft_rows.final_score.iloc[0])
@@ -95,7 +95,7 @@ def run(argv=None):
         base = baseline(random_guess, ft_rows.majority.iloc[0] if "majority" in ft_rows else None)
         state = SearchState.new(grid, base, args.margin, ft_score, args.tol)
         name = f"param_ablation-{Path(m).name}-{t}-{op}-{dist}-s{s}"
-        done = trials[trials.study == name] if not trials.empty else trials
+        done = trials[(trials.study == name) & (trials.status == "finished")] if not trials.empty else trials
         for _, row in done.iterrows():  # a rerun resumes from the probes already written
             if int(row.delta_params) in grid:
                 state.record(grid.index(int(row.delta_params)), float(row.final_score))

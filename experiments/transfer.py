@@ -26,7 +26,8 @@ DEFAULTS = dict(
 
 # --profile paper: the paper's setting (study.cli.PAPER) with these step counts -- the
 # project's choice: the paper gives none beyond "up to ~14k steps" (Fig. 6)
-PAPER_PROFILE = dict(max_steps=10000, eval_every=500, methods="apet-adjacent,apet-discrete")  # Fig. 9: APET
+# (data from the hub unless --data-dir says otherwise: the smoke default's ../shared/data is a development copy)
+PAPER_PROFILE = dict(max_steps=10000, eval_every=500, methods="apet-adjacent,apet-discrete", data_dir=None)  # Fig. 9: APET
 
 
 def spec(method: str, match: str, seed: int) -> DeltaSpec:

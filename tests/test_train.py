@@ -135,3 +135,12 @@ def test_every_seed_is_scored_on_the_same_eval_examples_and_the_majority_is_reco
     assert evals[0] == evals[1] and trains[0] != trains[1]
     out = train(tiny(max_steps=4, eval_limit=10), Recorder(tmp_path))
     assert out.majority == majority_rate(evals[0]) and 0.5 <= out.majority <= 1.0
+
+
+def test_resume_refuses_other_training_settings_but_may_run_longer(tmp_path):
+    first = Recorder(tmp_path / "a")
+    train(tiny(max_steps=4), first)
+    with pytest.raises(UserError, match="other settings \\(lr\\)"):
+        train(tiny(max_steps=8, lr=0.5), Recorder(tmp_path / "b"), read_checkpoint(first.folders[-1]))
+    longer = train(tiny(max_steps=8), Recorder(tmp_path / "c"), read_checkpoint(first.folders[-1]))
+    assert longer.steps_run == 8 and longer.config["max_steps"] == 8 and longer.finished

@@ -359,10 +359,30 @@ def _align_pairs(plan: Plan) -> None:
             else:
                 carry = 1
             _set_aligned(p, k_pair - 1)
-    for p in pairs if carry else ():
-        k_pair = sum(s.k for s in p.slots if s.name != "up_bias")
-        if k_pair + 1 <= sum(s.numel for s in p.slots if s.name != "up_bias") and _set_aligned(p, k_pair + 1):
-            return
-    if carry:
+    if carry and not _place_one_more(pairs):
         raise UserError(f"budget {plan.count + 1:,} cannot be laid out as aligned Adjacent blocks for "
                         f"{plan.spec.op} on this model: ask for one more or one fewer")
+
+
+def _paired_count(p: Placement) -> int:
+    return sum(s.k for s in p.slots if s.name != "up_bias")
+
+
+def _room(p: Placement, k: int) -> bool:
+    return k <= sum(s.numel for s in p.slots if s.name != "up_bias")
+
+
+def _place_one_more(pairs: list[Placement]) -> bool:
+    """One entry that no pair could take as it was: +1 on a pair, else +2 on one and -1 on another."""
+    for p in pairs:
+        if _room(p, _paired_count(p) + 1) and _set_aligned(p, _paired_count(p) + 1):
+            return True
+    for p in pairs:
+        k_p = _paired_count(p)
+        if not (_room(p, k_p + 2) and _set_aligned(p, k_p + 2)):
+            continue
+        for q in pairs:
+            if q is not p and _paired_count(q) > 0 and _set_aligned(q, _paired_count(q) - 1):
+                return True
+        _set_aligned(p, k_p)  # feasible before: put it back
+    return False

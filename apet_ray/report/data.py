@@ -133,7 +133,8 @@ def prepare(results: Results, score: str = "final") -> ReportData:
     trials["family"] = [family_label(f, m) for f, m in zip(trials["family"], trials["model"])]
     trials["method_rank"] = trials["method"].map(order_of)
     trials["baseline"] = [baseline(r, m) for r, m in zip(trials["random_guess"].astype(float), trials["majority"].astype(float))]
-    trials["learned"] = [learned(sc, b) for sc, b in zip(trials["score"], trials["baseline"])]
+    trials["learned"] = pd.Series([learned(sc, b) for sc, b in zip(trials["score"], trials["baseline"])],
+                                  index=trials.index, dtype=bool)  # bool even when empty: it is used as a mask
     idle = trials[~trials["learned"]]
     if len(idle):
         listed = "; ".join(f"{lab} on {r.model} / {r.task} seed {r.seed}: {100 * r.score:.1f} % (baseline {100 * r.baseline:.1f} %)"

@@ -260,6 +260,8 @@ def finding3(data: ReportData) -> Finding:
             at = at.sort_values("total_params")
             first, last = at.iloc[0], at.iloc[-1]
             a, b = (_or_above(first, column), _or_above(last, column))
+            if a == float("inf") and (b == float("inf") or b > first["max_budget"]):
+                continue  # neither reached, or reached beyond where the small sweep stopped: unknown
             ok = (b < a) if falls_is_good else (b >= a)
             holds.append(bool(ok))
             part.evidence.append(
@@ -343,14 +345,25 @@ def judge(data: ReportData) -> list[Finding]:
     "not enough data", never "not supported". Finding 3's sweeps need the counts that do
     not beat the baseline: it reads every trial, its low threshold measured from the baseline."""
     learned = data.learned_only()
-    idle = data.trials[~data.trials["learned"]] if len(data.trials) else data.trials
     findings = [finding1(learned), finding2(learned), finding3(data), finding4(learned)]
-    if len(idle):
-        names = ", ".join(f"{label} ({model}, {task}, seed {seed})"
-                          for label, model, task, seed in idle[["label", "model", "task", "seed"]].itertuples(index=False))
-        for finding in (findings[0], findings[1], findings[3]):
-            for part in finding.parts:
-                part.evidence.append(f"Left out, did not learn ({len(idle)}): {names}.")
+    if data.trials.empty:
+        return findings
+    idle = data.trials[~data.trials["learned"]]
+    rests_on = {0: set(pet_default(data.trials)["trial_id"]), 1: set(structure_frame(data)["trial_id"]),
+                3: set(data.transfer["trial_id"])}  # the trials each of findings 1, 2, 4 reads
+    for index, ids in rests_on.items():
+        left_out = idle[idle["trial_id"].isin(ids)]
+        if left_out.empty:
+            continue
+        names = ", ".join(f"{label} ({model}, {task}, seed {seed})" for label, model, task, seed
+                          in left_out[["label", "model", "task", "seed"]].itertuples(index=False))
+        for part in findings[index].parts:
+            part.evidence.append(f"Left out, did not learn ({len(left_out)}): {names}.")
+            # a counterexample among the trials that learned stands; "supported" would rest
+            # on leaving out trials that might have been counterexamples
+            if part.verdict == SUPPORTED:
+                part.verdict = NOT_ENOUGH
+                part.evidence.append("Not judged as supported: it would rest on leaving those trials out.")
     return findings
 
 

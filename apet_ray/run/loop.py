@@ -20,6 +20,7 @@ from apet_ray.data import collate, encode, global_batch, shard
 from apet_ray.delta import attach, count_backbone, count_deltas, count_trainable
 from apet_ray.distributed import (all_reduce_max, all_reduce_sum, frozen_checksum, local_device, rank_and_world,
                                   resolve_strategy, unwrap, use_bf16, wrap)
+from apet_ray.errors import UserError
 from apet_ray.models import build_model, load_tokenizer
 from apet_ray.run.checkpoint import Restored, save_checkpoint
 from apet_ray.run.config import TrainConfig, check_task_fits_family
@@ -59,9 +60,10 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
 
     # ---- resume: deltas go in before sharding, optimizer state after ---------------------
     if restored is not None:
+        _check_resumable(restored.record.config, cfg)
         restored.load_deltas_into(model)
         record = restored.record
-        record.workers = world
+        record.config, record.workers = cfg.to_dict(), world
     wall_before = record.wall_time_s  # a resumed run's wall time goes on from its checkpoint's
 
     # ---- placement, sharding, optimizer ----------------------------------------------------
@@ -139,6 +141,18 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     record.peak_memory_mb = all_reduce_max(peak_memory_mb(device), world)
     record.wall_time_s = wall_before + time.perf_counter() - t_start
     return record
+
+
+# what a resume may change: where and how long it runs, not what it trains
+RESUMABLE_CHANGES = {"workers", "strategy", "max_steps", "eval_every", "verify_frozen", "transfer_tasks"}
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
+    now = cfg.to_dict()
+    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        raise UserError(f"the checkpoint was trained with other settings ({', '.join(changed)}): resume with the "
+                        "original ones, or start a new run")
 
 
 def _adamw(named: dict[str, torch.Tensor], base_lr: float, prompt_lr: float, weight_decay: float):

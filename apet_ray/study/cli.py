@@ -31,7 +31,8 @@ def study_arguments(description: str, defaults: dict, paper: dict | None = None)
     the defaults of flags the script adds afterwards; ``paper`` what its paper profile
     changes beyond ``PAPER`` (its step counts)."""
     profiles = {"smoke": dict(defaults), "paper": {**defaults, **PAPER, **(paper or {})}}
-    p = argparse.ArgumentParser(description=description)
+    # no abbreviations: parse() tells flags given from defaults by their exact spelling
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False)
     p.add_argument("--config", help="YAML file with any of these options (flags override it)")
     p.add_argument("--profile", choices=sorted(profiles), default="smoke",
                    help="smoke: the embedded small study (short runs, laptop-sized: not the paper's settings); "
@@ -75,10 +76,27 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
     profiles = getattr(parser, "profiles", {"smoke": {}})
     if profile not in profiles:
         raise UserError(f"unknown profile {profile!r} (known: {', '.join(sorted(profiles))})")
-    for key, value in {**profiles[profile], **data, "profile": profile}.items():
+    for key, value in profiles[profile].items():
         if key not in given:
-            setattr(args, key, ",".join(map(str, value)) if isinstance(value, list) else value)
+            setattr(args, key, value)
+    actions = {a.dest: a for a in parser._actions}
+    for key, value in data.items():
+        if key not in given:
+            setattr(args, key, _typed(actions[key], value, args.config))
+    args.profile = profile
     return args
+
+
+def _typed(action: argparse.Action, value, where: str):
+    """A YAML value as the flag would have parsed it (YAML reads ``1e-3`` as a string)."""
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    if value is None or action.type is None:
+        return value
+    try:
+        return action.type(str(value))
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {action.dest}: {value!r} is not a {getattr(action.type, '__name__', 'valid value')}") from None
 
 
 def _yaml_options(config: str, parser: argparse.ArgumentParser) -> dict:

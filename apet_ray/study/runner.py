@@ -1,11 +1,11 @@
-"""Studies on Ray Tune: each trial is a Ray Train run; results go to Parquet.
+"""Studies on Ray Tune; results go to Parquet.
 
 A study is a list of ``TrainConfig``s (the grid, built by a script in ``experiments/``)
-plus how to run it. ``run_study`` validates every trial before Ray starts, then runs a
-Tune experiment whose function trainable drives a ``TorchTrainer`` (the Train V2 pattern)
-with ASHA on the eval score, and a driver-side callback writes one Parquet file per
-trial as it ends -- finished or stopped early -- so a crash never tears a file and a
-resumed study never duplicates a row.
+plus how to run it. ``run_study`` validates every trial before Ray starts (or, for a dry
+run, prints them resolved), then runs a Tune experiment whose function trainable either
+trains in its own process (``workers=0``) or drives a ``TorchTrainer`` (the Train V2
+pattern), with ASHA per model and task when asked; driver-side callbacks write one Parquet
+file per table per trial as it ends (``study/callbacks.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class StudyConfig:
     asha: bool = False  # stop trials behind at rungs, within each (model, task); only where stopping is a decision
     grace_evals: int = 2  # ASHA's first rung, in evaluations
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs hold
-    cpus_per_worker: float | None = None  # None: 0.9 locally (0.1 is the trial driver's), 1 on a cluster
+    cpus_per_worker: float | None = None  # None: 1 with workers=0; else 0.9 locally (0.1 is the trial driver's), 1 on a cluster
     report: bool = True  # write the report at the end
     dry_run: bool = False  # print the resolved trials and stop, before Ray
     json: bool = False  # the dry run as one JSON list

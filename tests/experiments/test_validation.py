@@ -103,3 +103,28 @@ def test_trial_ids_are_safe_file_names_whatever_the_model_folder_is_called(tmp_p
     ids = [trial_id(TrainConfig(model=str(odd), task="sst2", seed=s), "structure_ablation") for s in (0, 1)]
     assert all(TRIAL_ID.match(i) for i in ids) and ids[0] != ids[1]
     assert trial_id(TrainConfig(model="minilm", task="rotten_tomatoes"), "e2").startswith("e2-minilm-rotten_tomatoes-lora-s0-")
+
+
+def test_abbreviated_flags_are_refused_not_silently_overridden(capsys):
+    # "--model" used to parse as --models and then lose to the profile's default
+    with pytest.raises(SystemExit):
+        script("pet_scaling").run(["--model", "tiny-bert", "--dry-run"])
+    assert "unrecognized arguments: --model" in capsys.readouterr().err
+
+
+def test_yaml_values_are_typed_like_flags(tmp_path):
+    from apet_ray.study.cli import parse
+
+    parser = script("structure_ablation")
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("lr: 1e-3\nft_lr: 3e-5\nmax_steps: 7\nseeds: [0, 1]\n")  # YAML reads 1e-3 as a string
+    argv = TINY + ["--config", str(cfg)]
+    import argparse  # noqa: F401 (the script builds its own parser)
+
+    from apet_ray.study import study_arguments
+
+    args = parse(study_arguments("t", parser.DEFAULTS, parser.PAPER_PROFILE), argv)
+    assert (args.lr, args.ft_lr, args.max_steps, args.seeds) == (1e-3, 3e-5, 2, "0,1")  # the flag --max-steps 2 wins
+    cfg.write_text("lr: fast\n")
+    with pytest.raises(UserError, match="lr: 'fast' is not a float"):
+        parse(study_arguments("t", parser.DEFAULTS), TINY + ["--config", str(cfg)])

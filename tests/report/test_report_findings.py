@@ -113,3 +113,9 @@ def test_a_high_threshold_never_reached_counts_as_above_the_sweep(tmp_path: Path
     high = finding3(_data(tmp_path)).parts[0]
     assert high.verdict == NOT_SUPPORTED
     assert any("1,000 on bert-small" in e and "above 10,000 on bert-large" in e for e in high.evidence)
+
+
+def test_no_usable_trial_still_gives_a_report(tmp_path: Path) -> None:
+    put(tmp_path, trial_row("broken", status="error", final_score=float("nan"), best_score=float("nan")))
+    findings = judge(_data(tmp_path))
+    assert [f.verdict for f in findings] == [NOT_ENOUGH] * 4
