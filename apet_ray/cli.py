@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from apet_ray.errors import UserError
+from apet_ray.errors import OneLineParser, UserError
 
 # module path of every subcommand, in the order ``--help`` lists them
 SUBCOMMANDS = (
@@ -24,7 +24,7 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apet-ray", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="apet-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:

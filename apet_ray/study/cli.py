@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from apet_ray.errors import UserError
+from apet_ray.errors import OneLineParser, UserError
 from apet_ray.run.config import TrainConfig
 from apet_ray.run.options import add_run_arguments, config_from_args
 from apet_ray.study.runner import StudyConfig
@@ -32,7 +32,7 @@ def study_arguments(description: str, defaults: dict, paper: dict | None = None)
     changes beyond ``PAPER`` (its step counts)."""
     profiles = {"smoke": dict(defaults), "paper": {**defaults, **PAPER, **(paper or {})}}
     # no abbreviations: parse() tells flags given from defaults by their exact spelling
-    p = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    p = OneLineParser(description=description, allow_abbrev=False)
     p.add_argument("--config", help="YAML file with any of these options (flags override it)")
     p.add_argument("--profile", choices=sorted(profiles), default="smoke",
                    help="smoke: the embedded small study (short runs, laptop-sized: not the paper's settings); "

@@ -109,7 +109,7 @@ def test_abbreviated_flags_are_refused_not_silently_overridden(capsys):
     # "--model" used to parse as --models and then lose to the profile's default
     with pytest.raises(SystemExit):
         script("pet_scaling").run(["--model", "tiny-bert", "--dry-run"])
-    assert "unrecognized arguments: --model" in capsys.readouterr().err
+    assert "unrecognized arguments: --model" in capsys.readouterr().err  # one line, no usage block
 
 
 def test_yaml_values_are_typed_like_flags(tmp_path):
@@ -128,3 +128,11 @@ def test_yaml_values_are_typed_like_flags(tmp_path):
     cfg.write_text("lr: fast\n")
     with pytest.raises(UserError, match="lr: 'fast' is not a float"):
         parse(study_arguments("t", parser.DEFAULTS), TINY + ["--config", str(cfg)])
+
+
+@pytest.mark.parametrize("argv", [["--max-steps", "many"], ["--no-such-flag"], ["--seeds"]])
+def test_a_bad_flag_is_one_line_with_a_pointer_to_help(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        script("structure_ablation").run(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and err[0].endswith("--help)")
