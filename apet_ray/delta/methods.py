@@ -83,6 +83,21 @@ def label_of(name: str) -> str:
     return _REGISTRY[name].label if name in _REGISTRY else ("APET" if name == APET else name)
 
 
+def display_label(method: str, op: str = "", distribution: str = "", match: str = "",
+                  budget: int | None = None) -> str:
+    """The label tables, legends and progress lines show: "LoRA", "APET-Discrete (add, =LoRA)",
+    "APET-Adjacent (concat, 8,000)" (a budget instead of a match), or "APET" when nothing more is known."""
+    if method != APET:
+        return label_of(method)
+    name = f"APET-{distribution.capitalize()}" if distribution else "APET"
+    inside = [op] if op else []
+    if match:
+        inside.append(f"={label_of(match)}")
+    elif budget is not None:
+        inside.append(f"{budget:,}")
+    return f"{name} ({', '.join(inside)})" if inside else name
+
+
 def order_of(name: str) -> int:
     """Place in tables and legends: registration order, then APET, then anything else."""
     names = method_names()

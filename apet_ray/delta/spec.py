@@ -12,7 +12,7 @@ import json
 import numbers
 from dataclasses import dataclass
 
-from apet_ray.delta.methods import APET, OPS, get_method, label_of, matchable_methods, method_names
+from apet_ray.delta.methods import APET, OPS, display_label, get_method, label_of, matchable_methods, method_names
 from apet_ray.errors import UserError
 
 DISTRIBUTIONS = ("full", "adjacent", "discrete")
@@ -139,10 +139,7 @@ class DeltaSpec:
     @property
     def label(self) -> str:
         """Human-readable name, e.g. ``APET-Discrete (add, =LoRA)``."""
-        if self.method != APET:
-            return label_of(self.method)
-        target = f"={label_of(self.match)}" if self.match else f"{self.budget:,}"
-        return f"APET-{self.distribution.capitalize()} ({self.op}, {target})"
+        return display_label(self.method, self.op, self.distribution, self.match or "", self.budget)
 
 
 def _is_int(x: object) -> bool:

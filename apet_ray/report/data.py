@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from apet_ray.delta.methods import label_of, order_of, pet_methods
+from apet_ray.delta.methods import display_label, order_of, pet_methods
 from apet_ray.results import Results
 from apet_ray.tasks import TASKS
 from apet_ray.thresholds import LEARN_MARGIN, baseline, learned
@@ -31,15 +31,8 @@ def _text(value: object) -> str:
 
 
 def method_label(method: object, op: object = "", distribution: object = "", match: object = "") -> str:
-    """Human label of a method, e.g. "LoRA" or "APET-Discrete (add, =LoRA)" (``delta.methods``)."""
-    method, op, distribution, match = (_text(v) for v in (method, op, distribution, match))
-    if method != "apet":
-        return label_of(method)
-    name = f"APET-{distribution.capitalize()}" if distribution else "APET"
-    inside = [op] if op else []
-    if match:
-        inside.append(f"={label_of(match)}")
-    return f"{name} ({', '.join(inside)})" if inside else name
+    """Human label of a method from table cells (nulls as ""), e.g. "APET-Discrete (add, =LoRA)"."""
+    return display_label(*(_text(v) for v in (method, op, distribution, match)))
 
 
 def family_label(family: object, model: object) -> str:

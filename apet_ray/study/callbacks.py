@@ -70,15 +70,14 @@ class Progress(Callback):
     def _end(self, trial, status: str) -> None:
         last = trial.last_result or {}
         self.durations.append(time.time() - self.started_at.get(trial.trial_id, self.t0))
-        record = last.get("record") or {}
-        history = record.get("history") or []
-        score = f"{record.get('metric', 'score')} {history[-1]['score']:.3f}" if history else "no evaluation"
-        steps = f"step {history[-1]['step']}/{record['config']['max_steps']}" if history else ""
-        if status == "finished" and history and history[-1]["step"] < record["config"]["max_steps"]:
+        record = RunRecord.from_dict(last["record"]) if "record" in last else None
+        score = f"{record.metric} {record.final_score:.3f}" if record and record.history else "no evaluation"
+        steps = f"step {record.steps_run}/{record.config['max_steps']}" if record and record.history else ""
+        if status == "finished" and record and record.history and not record.finished:  # as rows_from_record says
             status = "stopped (ASHA)"
         if last.get("already_recorded"):
             status, score = "recorded earlier", f"score {last.get('score', float('nan')):.3f}"
-        params = f"{record['delta_params']:,}" if "delta_params" in record else "?"
+        params = f"{record.delta_params:,}" if record else "?"
         self.rows.append((trial_name(trial), steps, params, score, status))
         done = len(self.durations)
         eta = ""
