@@ -210,7 +210,7 @@ def build_model(name: str, num_labels: int | None = None, device: str | torch.de
             model = EncoderClassifier(backbone, num_labels)
         else:
             if meta or not info.pretrained:
-                backbone = T5ForConditionalGeneration(config)
+                backbone = _untie_head(T5ForConditionalGeneration(config))
             else:
                 backbone = _pretrained(T5ForConditionalGeneration, where, name, info)
             model = Seq2SeqLM(backbone)
@@ -219,6 +219,21 @@ def build_model(name: str, num_labels: int | None = None, device: str | torch.de
     if not info.pretrained and not meta:
         log.warning("%s is randomly initialised (untrained): use it for tests and smoke runs only", name)
     return model, info
+
+
+def _untie_head(backbone: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
+    """Give a T5 built from its config alone the separate LM head its checkpoint has.
+
+    t5-v1_1 and mT5 trained an untied head. transformers 5 builds every T5 tied (the config's
+    ``tie_word_embeddings: false`` survives only as ``scale_decoder_outputs=False``) and unties
+    when a checkpoint holds both tables, so without this a count from the config would miss
+    16M (v1.1-small) to 134M (XXL) parameters that a loaded run has.
+    """
+    config = backbone.config
+    untied = getattr(config, "scale_decoder_outputs", True) is False or not config.tie_word_embeddings
+    if untied and backbone.lm_head.weight is backbone.shared.weight:
+        backbone.lm_head.weight = nn.Parameter(backbone.shared.weight.detach().clone())
+    return backbone
 
 
 def _pretrained(cls, where, name: str, info: ModelInfo, **kwargs) -> nn.Module:

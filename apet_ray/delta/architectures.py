@@ -20,12 +20,12 @@ RolePaths = dict[str, Callable[[nn.Module, str], list[str]]]
 
 def _at(*paths: str) -> Callable[[nn.Module, str], list[str]]:
     def find(block: nn.Module, stack: str) -> list[str]:
-        return [p for p in paths if _has(block, p)]
+        return [p for p in paths if has_module(block, p)]
 
     return find
 
 
-def _has(module: nn.Module, path: str) -> bool:
+def has_module(module: nn.Module, path: str) -> bool:
     try:
         module.get_submodule(path)
         return True
@@ -38,14 +38,14 @@ def _t5_ffn(*names: str) -> Callable[[nn.Module, str], list[str]]:
     # decoder (after cross-attention). Gated variants (t5-v1_1) have wi_0/wi_1, not wi.
     def find(block: nn.Module, stack: str) -> list[str]:
         last = len(block.layer) - 1
-        return [f"layer.{last}.DenseReluDense.{n}" for n in names if _has(block, f"layer.{last}.DenseReluDense.{n}")]
+        return [f"layer.{last}.DenseReluDense.{n}" for n in names if has_module(block, f"layer.{last}.DenseReluDense.{n}")]
 
     return find
 
 
 def _decoder_only(*paths: str) -> Callable[[nn.Module, str], list[str]]:
     def find(block: nn.Module, stack: str) -> list[str]:
-        return [p for p in paths if stack == "decoder" and _has(block, p)]
+        return [p for p in paths if stack == "decoder" and has_module(block, p)]
 
     return find
 
@@ -58,8 +58,14 @@ class Family:
     roles: RolePaths
     input_embeddings: str  # the token embedding a prompt is prepended to
     norms_outside_blocks: tuple[str, ...] = ()
-    # roles that are linear layers of a block (used by "linear" and by BitFit)
+    # roles that are linear layers of a block (used by "linear" and by "biases")
     linear_roles: tuple[str, ...] = field(default=())
+    # The paper's BitFit ("paper_biases", SPEC §2 / Table 2): the roles whose linear biases it
+    # trains, linear layers outside the blocks it adds a bias to, and parameter tables it trains
+    # whole. Norm biases, where a norm has one, are always in.
+    bitfit_roles: tuple[str, ...] = ()
+    bitfit_linears: tuple[str, ...] = ()
+    bitfit_tables: tuple[str, ...] = ()
 
 
 BERT = Family(
@@ -78,6 +84,10 @@ BERT = Family(
     input_embeddings="embeddings.word_embeddings",
     norms_outside_blocks=("embeddings.LayerNorm",),
     linear_roles=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
+    # "the bias terms in the self-attention and layer norm layers": BertAttention (q, k, v and
+    # its output dense + LayerNorm) and BertOutput (the FFN's output dense + LayerNorm) -- every
+    # bias but the FFN's first layer. Gives Table 2's 0.05 / 0.06 / 0.05 % on BERT small/base/large.
+    bitfit_roles=("query", "key", "value", "attn_out", "ffn_out"),
 )
 
 T5 = Family(
@@ -104,6 +114,18 @@ T5 = Family(
         "cross_query", "cross_key", "cross_value", "cross_out",
         "ffn_in", "ffn_out",
     ),
+    # The release (PET_Scaling's modeling_t5.py) gives every Linear a zero bias, the LM head's
+    # included, and trains every parameter whose name holds "bias": the relative-position tables too.
+    bitfit_roles=(
+        "query", "key", "value", "attn_out",
+        "cross_query", "cross_key", "cross_value", "cross_out",
+        "ffn_in", "ffn_out",
+    ),
+    bitfit_linears=("lm_head",),
+    bitfit_tables=(
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias",
+        "decoder.block.0.layer.0.SelfAttention.relative_attention_bias",
+    ),
 )
 
 FAMILIES = (BERT, T5)
@@ -112,6 +134,8 @@ FAMILIES = (BERT, T5)
 GROUP_ROLES = {
     "linear": "every linear layer of every block (attention, cross-attention, feed-forward)",
     "biases": "every bias term of linear layers (added, zero-initialised, where missing) and of norms that have one",
+    "paper_biases": "the bias terms the paper's BitFit trains (BERT: all but the FFN's first layer; "
+                    "T5: every linear layer's incl. the LM head, and the relative-position tables)",
     "embeddings": "the input token embeddings (a prompt is prepended here)",
     "all": "every parameter of the backbone (full fine-tuning)",
 }

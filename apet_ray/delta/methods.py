@@ -107,6 +107,8 @@ def order_of(name: str) -> int:
 # The paper's methods (SPEC §2). FT first: it is every table's reference row.
 register(Method("ft", "FT", op="add", positions=("all",), matchable=False))
 register(Method("prompt", "Prompt", op="concat", positions=("embeddings",), size=100))
-register(Method("bitfit", "BitFit", op="add", positions=("biases",)))
+# BitFit as the paper counts it (Table 2); "bitfit_all" is BitFit on every bias there is.
+register(Method("bitfit", "BitFit", op="add", positions=("paper_biases",)))
 register(Method("lora", "LoRA", op="concat", positions=("query", "value"), size=8, alpha=16.0))
 register(Method("adapter", "Adapter", op="plugin", positions=("attn_out", "ffn_out"), size=24))
+register(Method("bitfit_all", "BitFit (all biases)", op="add", positions=("biases",)))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from apet_ray.delta.architectures import Family, family_of, modules_for_role
+from apet_ray.delta.architectures import Family, family_of, has_module, modules_for_role
 from apet_ray.delta.spec import DeltaSpec, check_budget
 from apet_ray.errors import UserError
 
@@ -137,15 +137,10 @@ def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[tuple[str,
                 hosts.append(("param", fam.input_embeddings, "weight"))
             else:
                 raise UserError("a plugin cannot sit on the input embeddings (use concat for a prompt)")
-        elif role == "biases":
+        elif role in ("biases", "paper_biases"):
             if spec.op != "add":
-                raise UserError("position 'biases' takes the add op")
-            for path in modules_for_role(backbone, fam, "linear"):
-                hosts.append(("bias", path, None))
-            norms = modules_for_role(backbone, fam, "norm") + list(fam.norms_outside_blocks)
-            for path in norms:  # T5's RMS norms have no bias and get none, as in the paper's code
-                if getattr(backbone.get_submodule(path), "bias", None) is not None:
-                    hosts.append(("param", path, "bias"))
+                raise UserError(f"position {role!r} takes the add op")
+            hosts += _bias_hosts(backbone, fam, paper=role == "paper_biases")
         else:
             paths = modules_for_role(backbone, fam, role)
             is_linear = role != "norm"
@@ -159,6 +154,21 @@ def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[tuple[str,
         raise UserError(f"positions {', '.join(spec.positions)} match nothing in this model")
     if len({kind for kind, _, _ in hosts} & {"prompt", "lowrank"}) == 2:
         raise UserError("a prompt and low-rank pairs have different sizes: give them separate specs")
+    return hosts
+
+
+def _bias_hosts(backbone: nn.Module, fam: Family, paper: bool) -> list[tuple[str, str, str | None]]:
+    """Bias deltas: on every linear layer ("biases"), or where the paper's BitFit puts them."""
+    roles = fam.bitfit_roles if paper else fam.linear_roles
+    linears = [p for r in roles for p in modules_for_role(backbone, fam, r)]
+    if paper:
+        linears += [p for p in fam.bitfit_linears if has_module(backbone, p)]
+    hosts: list[tuple[str, str, str | None]] = [("bias", p, None) for p in linears]
+    for path in modules_for_role(backbone, fam, "norm") + list(fam.norms_outside_blocks):
+        if getattr(backbone.get_submodule(path), "bias", None) is not None:  # T5's RMS norms have none
+            hosts.append(("param", path, "bias"))
+    if paper:
+        hosts += [("param", p, "weight") for p in fam.bitfit_tables if has_module(backbone, p)]
     return hosts
 
 

@@ -11,11 +11,14 @@ EXPECTED = {
     ("bert", "lora"): 2 * 2 * 8 * (32 + 32),
     ("bert", "adapter"): 2 * 2 * (2 * 32 * 24 + 24 + 32),
     ("bert", "prompt"): 100 * 32,
-    ("bert", "bitfit"): 2 * (4 * 32 + 48 + 32 + 2 * 32) + 32,  # linears + block norms + embedding norm
+    ("bert", "bitfit_all"): 2 * (4 * 32 + 48 + 32 + 2 * 32) + 32,  # linears + block norms + embedding norm
+    ("bert", "bitfit"): 2 * (4 * 32 + 32 + 2 * 32) + 32,  # the paper's: all but the FFN's first layer
     ("t5", "lora"): 4 * 2 * 8 * (32 + 32),  # self-attention only, encoder and decoder
     ("t5", "adapter"): 4 * 2 * (2 * 32 * 24 + 24 + 32),
     ("t5", "prompt"): 100 * 32,  # counted once, encoder input
-    ("t5", "bitfit"): 2 * (4 * 32 + 2 * 48 + 32) + 2 * (8 * 32 + 2 * 48 + 32),  # added zero biases on linears
+    ("t5", "bitfit_all"): 2 * (4 * 32 + 2 * 48 + 32) + 2 * (8 * 32 + 2 * 48 + 32),  # added zero biases on linears
+    # the release's: those, the LM head's (vocab 120) and two relative-position tables (32 buckets x 4 heads)
+    ("t5", "bitfit"): 2 * (4 * 32 + 2 * 48 + 32) + 2 * (8 * 32 + 2 * 48 + 32) + 120 + 2 * 32 * 4,
 }
 
 

@@ -23,9 +23,9 @@ def lora_qk():
 
 
 def test_the_paper_methods_in_table_order():
-    assert pet_methods() == ("ft", "prompt", "bitfit", "lora", "adapter")
+    assert pet_methods() == ("ft", "prompt", "bitfit", "lora", "adapter", "bitfit_all")
     assert method_names()[-1] == "apet" and "ft" not in matchable_methods()
-    assert [label_of(m) for m in pet_methods()] == ["FT", "Prompt", "BitFit", "LoRA", "Adapter"]
+    assert [label_of(m) for m in pet_methods()] == ["FT", "Prompt", "BitFit", "LoRA", "Adapter", "BitFit (all biases)"]
 
 
 def test_a_registered_method_is_planned_trained_and_reported(lora_qk, tmp_path):

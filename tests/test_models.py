@@ -1,0 +1,29 @@
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import T5ForConditionalGeneration
+
+from apet_ray.delta import count_backbone
+from apet_ray.models import build_model
+from support import t5_config
+
+
+def test_an_untied_t5_counts_alike_from_its_config_and_from_its_weights(tmp_path):
+    # t5-v1_1's checkpoints carry their own LM head; transformers 5 builds T5 tied from a config
+    T5ForConditionalGeneration(t5_config(tie_word_embeddings=False)).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["lm_head.weight"] = torch.randn_like(weights["shared.weight"])
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    counted, _ = build_model(str(tmp_path), device="meta")
+    loaded, _ = build_model(str(tmp_path))
+    # the file holds each table once: shared, the head and the rest
+    assert count_backbone(counted) == count_backbone(loaded) == sum(w.numel() for w in weights.values())
+    assert torch.equal(loaded.backbone.lm_head.weight, weights["lm_head.weight"])
+
+
+def test_a_tied_t5_stays_tied(tmp_path):
+    T5ForConditionalGeneration(t5_config()).save_pretrained(tmp_path)
+    counted, _ = build_model(str(tmp_path), device="meta")
+    loaded, _ = build_model(str(tmp_path))
+    assert loaded.backbone.lm_head.weight is loaded.backbone.shared.weight
+    assert count_backbone(counted) == count_backbone(loaded)
