@@ -160,10 +160,12 @@ def _all_tasks(results: Results) -> set[str]:
 
 
 def _prepare_transfer(transfer: pd.DataFrame, trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """Relative transfer = score / in-task score of the target task.
+    """Relative transfer = score / in-task score of the target task, on the same label set.
 
-    Taken, in order, from: the row's ``relative``; ``score / in_task_score``; the score of a
-    trial of the same model, method, op, distribution and seed trained on the target task.
+    Taken, in order, from: the row's ``relative``; ``score / in_task_score``; the target's
+    self-transfer row (a delta trained on the target, scored through the unified labels on the
+    same examples -- the diagonal of a transfer study) of the same model, method, op,
+    distribution and seed; failing that, that trial's own score (its own label set, noted).
     """
     transfer = transfer.copy()
     transfer["label"] = [
@@ -173,12 +175,20 @@ def _prepare_transfer(transfer: pd.DataFrame, trials: pd.DataFrame, notes: list[
     given = transfer["in_task_score"].astype(float)
     from_given = transfer["score"] / given.where(given > 0)
     keys = ["model", "method", "op", "distribution", "seed"]
+    own = transfer[transfer["source_task"] == transfer["target_task"]]
+    unified = own.groupby(keys + ["target_task"])["score"].mean().rename("unified_in_task").reset_index()
     in_task = trials.groupby(keys + ["task"])["score"].mean().rename("trial_in_task").reset_index()
-    joined = transfer.merge(in_task, how="left", left_on=keys + ["target_task"], right_on=keys + ["task"]).set_index(
-        transfer.index
-    )
+    joined = (transfer.merge(unified, how="left", on=keys + ["target_task"])
+              .merge(in_task, how="left", left_on=keys + ["target_task"], right_on=keys + ["task"])
+              .set_index(transfer.index))
+    from_diagonal = joined["score"] / joined["unified_in_task"].where(joined["unified_in_task"] > 0)
     from_trials = joined["score"] / joined["trial_in_task"].where(joined["trial_in_task"] > 0)
-    transfer["relative_value"] = rel.fillna(from_given).fillna(from_trials)
+    value = rel.fillna(from_given).fillna(from_diagonal)
+    on_own_labels = int((value.isna() & from_trials.notna()).sum())
+    if on_own_labels:
+        notes.append(f"{on_own_labels} transfer row(s) made relative to the target's in-task score on its own label "
+                     "set (no self-transfer row to score it on the unified one).")
+    transfer["relative_value"] = value.fillna(from_trials)
     missing = int(transfer["relative_value"].isna().sum())
     if missing:
         notes.append(f"{missing} transfer row(s) without a known in-task score left out of relative transfer.")

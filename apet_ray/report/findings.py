@@ -296,7 +296,7 @@ def finding4(data: ReportData) -> Finding:
     claim = "Transfer works within a task type and poorly across types, at every scale."
     part = Part(
         "within-type transfer beats cross-type transfer at every size", NOT_ENOUGH,
-        "Relative transfer = transfer score / in-task score of the target, averaged over seeds, with "
+        "Relative transfer = transfer score / in-task score of the target on the same unified labels, averaged over seeds, with "
         "source ≠ target. Per model, compare the mean over within-type pairs with the mean over "
         "cross-type pairs. Needs both kinds of pairs on at least 2 model sizes; supported if within-type "
         "is higher on every model.",
