@@ -74,23 +74,59 @@ def resolve_strategy(strategy: str, world: int, backbone_bytes: int, device: tor
 
 
 def wrap(model: nn.Module, strategy: str, device: torch.device, bf16: bool) -> nn.Module:
+    """Place ``model`` on ``device`` for ``strategy``.
+
+    FSDP loads sharded: only rank 0 built the model with its weights (the other ranks built
+    it on the meta device, deltas attached alike). Each block is sharded as it is moved to the
+    device, so no GPU holds more than one full block; rank 0 then broadcasts every tensor and
+    each rank keeps only its shard (``load_from_rank0``).
+    """
     if strategy == "none":
-        return model
+        return model.to(device)
     if strategy == "ddp":
         ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return nn.parallel.DistributedDataParallel(model.to(device), device_ids=ids)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+    # rank 0's full state, held until broadcast (its references keep the full tensors alive)
+    full_state = (model.state_dict(), dict(model.named_buffers())) if dist.get_rank() == 0 else None
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     backbone, _ = backbone_of(model)
     for _, _, block in blocks(backbone, family_of(backbone)):
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+    load_from_rank0(model, full_state, device)
     if hasattr(model, "generate"):  # generation must gather the root's weights like forward does
         register_fsdp_forward_method(model, "generate")
     return model
+
+
+def load_from_rank0(model: nn.Module, full_state: tuple[dict, dict] | None, device: torch.device) -> None:
+    """Fill a sharded ``model`` from rank 0's full state: parameters through
+    ``torch.distributed.checkpoint``'s broadcast (each rank keeps its shard), buffers (masks,
+    position ids) whole. Ranks other than 0 pass ``None`` and may hold meta tensors."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from apet_ray.delta.masked import MaskedTensor
+
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model.to_empty(device=device)
+    state, buffers = full_state if full_state is not None else ({}, {})
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for name, buf in model.named_buffers():  # non-persistent ones are in no state dict
+        if full_state is not None:
+            buf.copy_(buffers[name])
+        dist.broadcast(buf, src=0)
+    for m in model.modules():
+        if isinstance(m, MaskedTensor):  # its layout (contiguous run or scatter) follows its indices
+            m._refresh_layout()
+
+
+def local_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of these tensors that this rank holds (its shard of a DTensor)."""
+    return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -118,13 +154,14 @@ def all_reduce_sum(xs: list[float], world: int) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_max(x: float, world: int) -> float:
+def all_gather_floats(x: float, world: int) -> list[float]:
+    """``x`` from every rank, in rank order."""
     if world == 1:
-        return x
+        return [x]
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([x], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    out = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(world)]
+    dist.all_gather(out, torch.tensor([x], dtype=torch.float64, device=device))
+    return [float(t.item()) for t in out]
 
 
 def frozen_checksum(frozen: list[torch.Tensor], world: int) -> list[float]:

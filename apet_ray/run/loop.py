@@ -18,8 +18,8 @@ import torch
 
 from apet_ray.data import collate, encode, global_batch, shard
 from apet_ray.delta import attach, count_backbone, count_deltas, count_trainable
-from apet_ray.distributed import (all_reduce_max, all_reduce_sum, frozen_checksum, local_device, rank_and_world,
-                                  resolve_strategy, unwrap, use_bf16, wrap)
+from apet_ray.distributed import (all_gather_floats, all_reduce_sum, frozen_checksum, local_bytes, local_device,
+                                  rank_and_world, resolve_strategy, unwrap, use_bf16, wrap)
 from apet_ray.errors import UserError
 from apet_ray.models import build_model, load_tokenizer
 from apet_ray.run.checkpoint import Restored, save_checkpoint
@@ -43,7 +43,12 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
 
     # ---- model, deltas, data -------------------------------------------------------------
     task = cfg.resolve_task()
-    model, info = build_model(cfg.model, num_labels=task.num_labels if task.is_classification else None, seed=cfg.seed)
+    num_labels = task.num_labels if task.is_classification else None
+    strategy = _strategy(cfg, world, device, num_labels)
+    # FSDP loads sharded: rank 0 alone reads the weights, the other ranks build on the meta
+    # device and receive their shards from it (distributed.wrap)
+    on_meta = strategy == "fsdp" and rank != 0
+    model, info = build_model(cfg.model, num_labels=num_labels, seed=cfg.seed, device="meta" if on_meta else "cpu")
     check_task_fits_family(task, info.family)
     plan = attach(model, cfg.spec)
     if hasattr(model, "head") and not cfg.train_head:
@@ -61,20 +66,21 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     # ---- resume: deltas go in before sharding, optimizer state after ---------------------
     if restored is not None:
         _check_resumable(restored.record.config, cfg)
-        restored.load_deltas_into(model)
+        if not on_meta:  # a meta rank gets rank 0's restored deltas with its shards
+            restored.load_deltas_into(model)
         record = restored.record
         record.config, record.workers = cfg.to_dict(), world
     wall_before = record.wall_time_s  # a resumed run's wall time goes on from its checkpoint's
 
     # ---- placement, sharding, optimizer ----------------------------------------------------
     bf16 = use_bf16(cfg.precision, device, world)
-    model.to(device)
-    record.strategy = strategy = resolve_strategy(cfg.strategy, world, record.total_params * 4, device)
+    record.strategy = strategy
     model = wrap(model, strategy, device, bf16)
     autocast = bf16 and strategy != "fsdp"  # FSDP's mixed-precision policy casts by itself
     named = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
     # FSDP2 swaps registered parameters between sharded and unsharded: hold the sharded ones
     frozen = [p for p in unwrap(model).parameters() if not p.requires_grad]
+    record.frozen_mb_per_rank = [b / 2**20 for b in all_gather_floats(local_bytes(frozen), world)]
     frozen_before = frozen_checksum(frozen, world) if cfg.verify_frozen else None
     optimizer = _adamw(named, base_lr, prompt_lr, cfg.weight_decay)
     if restored is not None:
@@ -117,7 +123,8 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
         if done == cfg.max_steps:
             record.transfer = {target: _transfer(cfg, model, task, target, info.family, tokenizer, device, autocast)
                                for target in cfg.transfer_tasks}
-        record.peak_memory_mb = all_reduce_max(peak_memory_mb(device), world)
+        record.peak_memory_mb_per_rank = all_gather_floats(peak_memory_mb(device), world)
+        record.peak_memory_mb = max(record.peak_memory_mb_per_rank)
         record.wall_time_s = wall_before + time.perf_counter() - t_start
         checkpoint = save_checkpoint(model, optimizer, named, record, rank)
         if rank == 0:
@@ -138,7 +145,8 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
         report(report_metrics(record), None)
     if frozen_before is not None:
         record.frozen_unchanged = frozen_checksum(frozen, world) == frozen_before
-    record.peak_memory_mb = all_reduce_max(peak_memory_mb(device), world)
+    record.peak_memory_mb_per_rank = all_gather_floats(peak_memory_mb(device), world)
+    record.peak_memory_mb = max(record.peak_memory_mb_per_rank)
     record.wall_time_s = wall_before + time.perf_counter() - t_start
     return record
 
@@ -175,6 +183,14 @@ def majority_rate(examples) -> float:
     """The share of the most common label: what always answering it would score."""
     counts = Counter(e.label for e in examples)
     return max(counts.values()) / len(examples) if examples else float("nan")
+
+
+def _strategy(cfg: TrainConfig, world: int, device: torch.device, num_labels: int | None) -> str:
+    """The strategy before any weights load: ``auto`` weighs the backbone, built on the meta device."""
+    if world == 1 or cfg.strategy != "auto" or device.type != "cuda":
+        return resolve_strategy(cfg.strategy, world, 0, device)
+    counted, _ = build_model(cfg.model, num_labels=num_labels, device="meta")
+    return resolve_strategy(cfg.strategy, world, count_backbone(counted) * 4, device)
 
 
 def _transfer(cfg: TrainConfig, model, task, target: str, family: str, tokenizer, device, autocast: bool) -> float:

@@ -36,6 +36,8 @@ class RunRecord:
     wall_time_s: float = 0.0  # since the run started (load, data, loop)
     tokens: int = 0  # non-padding training tokens, all workers
     peak_memory_mb: float = 0.0  # largest over the workers
+    peak_memory_mb_per_rank: list[float] = field(default_factory=list)  # each worker's, in rank order
+    frozen_mb_per_rank: list[float] = field(default_factory=list)  # frozen weights each worker holds (its shard)
     checkpoint_bytes: int | None = None  # the last delta checkpoint (deltas.safetensors)
     frozen_unchanged: bool | None = None  # with verify_frozen: the backbone's checksum held
 

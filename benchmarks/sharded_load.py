@@ -1,0 +1,122 @@
+"""Memory of an FSDP2 run that loads sharded, against one process, side by side.
+
+A randomly initialised model of a paper config (default t5-v1_1-large, 783M parameters,
+~3.1 GB in fp32) is saved once as safetensors with the MiniLM tokenizer. The same short run
+(LoRA, batch 4, 2 steps) then goes three ways, each in fresh processes:
+  one process        ``train()`` alone, strategy none;
+  fsdp, N workers    N gloo processes, ``strategy="fsdp"``: rank 0 reads the weights, the
+                     others build on the meta device, each keeps its shard (distributed.wrap).
+For each rank: the peak resident memory (VmHWM) and the frozen weights it holds after load.
+
+    python benchmarks/sharded_load.py [--config ../shared/configs/t5-v1_1-large] [--workers 2]
+
+Writes benchmarks/results/sharded_load.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parent.parent / "shared" / "configs"
+
+
+def saved_model(config_dir: Path, cache: Path) -> Path:
+    """The random-weights model folder (made once; reused while its config is unchanged)."""
+    from transformers import AutoConfig, T5ForConditionalGeneration
+
+    from apet_ray.models import minilm_path
+
+    folder = cache / config_dir.name
+    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
+        return folder
+    print(f"building random weights of {config_dir.name} in {folder} (once) ...", flush=True)
+    config = AutoConfig.from_pretrained(config_dir)
+    config.vocab_size = max(config.vocab_size, 30522)  # the borrowed WordPiece ids must fit
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    for f in minilm_path().iterdir():
+        if f.is_file() and ("token" in f.name or f.name == "vocab.txt"):
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
+def run_config(model: Path, strategy: str) -> dict:
+    from apet_ray.delta import DeltaSpec
+    from apet_ray.run import TrainConfig
+
+    return TrainConfig(model=str(model), task="rotten_tomatoes", batch_size=4, max_steps=2, eval_every=2,
+                       train_limit=16, eval_limit=8, max_input_len=64, spec=DeltaSpec.pet("lora"),
+                       strategy=strategy, precision="fp32").to_dict()
+
+
+def _worker(rank: int, world: int, cfg: dict, out: str, port: int) -> None:
+    from apet_ray.run import TrainConfig, train
+
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    record = train(TrainConfig.from_dict(cfg), lambda metrics, folder: None)
+    if rank == 0:
+        Path(out).write_text(json.dumps(record.to_dict()))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def measure(cfg: dict, world: int) -> dict:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "record.json")
+        t0 = time.perf_counter()
+        mp.spawn(_worker, args=(world, cfg, str(out), port), nprocs=world, join=True)
+        record = json.loads(out.read_text())
+    return {"workers": world, "strategy": record["strategy"], "wall_s": round(time.perf_counter() - t0, 1),
+            "peak_mb_per_rank": [round(x) for x in record["peak_memory_mb_per_rank"]],
+            "frozen_mb_per_rank": [round(x) for x in record["frozen_mb_per_rank"]],
+            "total_params": record["total_params"], "loss": record["history"][-1]["loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=CONFIGS / "t5-v1_1-large")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "apet-ray-bench-models")
+    args = parser.parse_args()
+    model = saved_model(args.config, args.cache)
+    rows = [measure(run_config(model, "none"), 1), measure(run_config(model, "fsdp"), args.workers)]
+    one = rows[0]["peak_mb_per_rank"][0]
+    for row in rows:
+        row["peak_vs_one_process"] = [round(p / one, 3) for p in row["peak_mb_per_rank"]]
+    result = {"model": f"{args.config.name} (random weights)", "params": rows[0]["total_params"],
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "runs": rows}
+    out = HERE / "results" / "sharded_load"
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    lines = [f"# Sharded load: {result['model']}, {result['params']:,} parameters, LoRA, batch 4, 2 steps", "",
+             "| run | rank | peak RSS (MB) | × one process | frozen weights held (MB) | wall (s) |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        name = "one process" if row["workers"] == 1 else f"fsdp, {row['workers']} workers"
+        for rank, (peak, ratio, frozen) in enumerate(zip(row["peak_mb_per_rank"], row["peak_vs_one_process"],
+                                                          row["frozen_mb_per_rank"])):
+            lines.append(f"| {name} | {rank} | {peak:,} | {ratio:.2f} | {frozen:,} | {row['wall_s']} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""FSDP2 loads sharded: rank 0 alone reads the weights, every rank ends up holding only its
+shard of the frozen backbone, and the run follows the single-process trajectory.
+
+Two gloo processes started with torch.multiprocessing (no Ray: the loading is the subject)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from transformers import BertModel, T5ForConditionalGeneration
+
+from apet_ray.delta import DeltaSpec
+from apet_ray.models import TINY, minilm_path
+from apet_ray.run import RunRecord, TrainConfig, train
+
+pytestmark = pytest.mark.timeout(300)
+DATA = str(Path(__file__).parent / "fixtures" / "data")
+
+
+def _saved(kind: str, folder: Path) -> Path:
+    """A tiny random model saved as a real model folder: safetensors weights, the MiniLM tokenizer."""
+    torch.manual_seed(0)
+    model = BertModel(TINY["tiny-bert"](), add_pooling_layer=False) if kind == "bert" else T5ForConditionalGeneration(TINY["tiny-t5"]())
+    model.save_pretrained(folder)
+    for f in minilm_path().iterdir():
+        if f.is_file() and "token" in f.name or f.name == "vocab.txt":
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
+def _config(model: Path, method: str) -> TrainConfig:
+    spec = DeltaSpec.pet(method) if method != "apet" else DeltaSpec.apet("concat", "adjacent", match="lora", seed=1)
+    return TrainConfig(model=str(model), task="sst2", data_dir=DATA, batch_size=8, max_steps=6, eval_every=3,
+                       eval_limit=16, spec=spec, strategy="fsdp", precision="fp32", verify_frozen=True)
+
+
+def _worker(rank: int, cfg: dict, out: str, port: int) -> None:
+    import apet_ray.models as models
+
+    reads = []  # which ranks read weights from the model folder (the real loader still runs)
+    load = models._pretrained
+    models._pretrained = lambda *args, **kw: reads.append(rank) or load(*args, **kw)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        record = train(TrainConfig.from_dict(cfg), lambda metrics, folder: None)
+        Path(out, f"reads-{rank}.json").write_text(json.dumps(reads))
+        if rank == 0:
+            Path(out, "record.json").write_text(json.dumps(record.to_dict()))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind,method", [("bert", "lora"), ("bert", "apet"), ("t5", "prompt"), ("t5", "bitfit")])
+def test_each_rank_holds_only_its_shard_and_the_run_matches_one_process(tmp_path, kind, method):
+    cfg = _config(_saved(kind, tmp_path / "model"), method)
+    reference = train(TrainConfig(**{**cfg.__dict__, "strategy": "none"}), lambda metrics, folder: None)
+    mp.spawn(_worker, args=(cfg.to_dict(), str(tmp_path), _free_port()), nprocs=2, join=True)
+    record = RunRecord.from_dict(json.loads((tmp_path / "record.json").read_text()))
+    reads = [json.loads((tmp_path / f"reads-{rank}.json").read_text()) for rank in (0, 1)]
+    assert reads == [[0], []]  # rank 1 built on the meta device and got its shards from rank 0
+
+    assert record.strategy == "fsdp" and record.workers == 2
+    assert [h["loss"] for h in record.history] == pytest.approx([h["loss"] for h in reference.history], rel=1e-5, abs=1e-6)
+    assert record.frozen_unchanged is True
+    # the frozen weights, split in two: each rank holds about half, together all of them once
+    whole = reference.frozen_mb_per_rank[0]
+    assert len(record.frozen_mb_per_rank) == 2 and sum(record.frozen_mb_per_rank) == pytest.approx(whole, rel=1e-3)
+    assert max(record.frozen_mb_per_rank) < 0.55 * whole
+    assert len(record.peak_memory_mb_per_rank) == 2 and record.peak_memory_mb == max(record.peak_memory_mb_per_rank)
