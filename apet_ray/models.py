@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig, T5Config, T5ForConditionalGeneration
 
@@ -210,7 +212,7 @@ def build_model(name: str, num_labels: int | None = None, device: str | torch.de
             model = EncoderClassifier(backbone, num_labels)
         else:
             if meta or not info.pretrained:
-                backbone = _untie_head(T5ForConditionalGeneration(config))
+                backbone = _untie_head(T5ForConditionalGeneration(config), where)
             else:
                 backbone = _pretrained(T5ForConditionalGeneration, where, name, info)
             model = Seq2SeqLM(backbone)
@@ -221,19 +223,36 @@ def build_model(name: str, num_labels: int | None = None, device: str | torch.de
     return model, info
 
 
-def _untie_head(backbone: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
-    """Give a T5 built from its config alone the separate LM head its checkpoint has.
+def _untie_head(backbone: T5ForConditionalGeneration, where: str | Path) -> T5ForConditionalGeneration:
+    """Give a T5 built without its weights the separate LM head its checkpoint has.
 
-    t5-v1_1 and mT5 trained an untied head. transformers 5 builds every T5 tied (the config's
-    ``tie_word_embeddings: false`` survives only as ``scale_decoder_outputs=False``) and unties
+    t5-v1_1 and mT5 trained an untied head. transformers 5 builds every T5 tied and unties
     when a checkpoint holds both tables, so without this a count from the config would miss
-    16M (v1.1-small) to 134M (XXL) parameters that a loaded run has.
+    16M (v1.1-small) to 134M (XXL) parameters that a loaded run has -- and an FSDP rank built
+    on the meta device would not match rank 0's loaded model.
     """
-    config = backbone.config
-    untied = getattr(config, "scale_decoder_outputs", True) is False or not config.tie_word_embeddings
-    if untied and backbone.lm_head.weight is backbone.shared.weight:
+    if _has_own_head(where) and backbone.lm_head.weight is backbone.shared.weight:
         backbone.lm_head.weight = nn.Parameter(backbone.shared.weight.detach().clone())
     return backbone
+
+
+def _has_own_head(where: str | Path) -> bool:
+    """The checkpoint's own word if there are weights (an ``lm_head.weight`` entry), else the
+    config file's ``tie_word_embeddings`` as written (transformers 5 rewrites it to true)."""
+    folder = Path(where)
+    index, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
+    if index.is_file():
+        return "lm_head.weight" in json.loads(index.read_text()).get("weight_map", {})
+    if single.is_file():
+        with safe_open(single, "pt") as f:
+            return "lm_head.weight" in f.keys()
+    if where in TINY:
+        return False
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(str(where), local_files_only=not hub_reachable())
+    except OSError:
+        return False
+    return raw.get("tie_word_embeddings") is False
 
 
 def _pretrained(cls, where, name: str, info: ModelInfo, **kwargs) -> nn.Module:

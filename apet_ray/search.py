@@ -1,11 +1,15 @@
-"""Threshold search (E4): the fewest trainable parameters that beat random guessing (low
+"""Threshold search (E4): the fewest trainable parameters that beat the baseline (low
 threshold) and that reach full fine-tuning (high threshold), found by bisection over a
 log-spaced grid of counts instead of training every grid point.
 
 Both bisections assume the score rises with the count (the paper's Fig. 7); each probe's
-score is shared between them. ``ThresholdSearcher`` plugs into Ray Tune as a ``Searcher``:
-it suggests the next counts, at most one pending probe per bisection, and finishes when
-both intervals close. Scores already in the results folder seed it, so a rerun resumes.
+score is shared between them. ``ThresholdSearcher`` plugs into Ray Tune as a ``Searcher``
+and runs every search of a study at once: each free trial slot gets the midpoint of the
+widest unprobed gap of an open interval (with one slot per search this is plain bisection;
+with more it is a k-ary search). ``DecidedProbes`` stops a probe whose eval already passed
+the threshold it was sent to test, or whose count no open interval needs any more, so steps
+go only where the answer is open. Scores already in the results folder seed the states, so
+a rerun resumes.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ray.tune import Stopper
 from ray.tune.search import Searcher
 
 from apet_ray.thresholds import beats_baseline, reaches_ft
@@ -48,6 +53,16 @@ class Bisection:
 
     def next_probe(self) -> int:
         return (self.lo + self.hi) // 2
+
+    def needs(self, index: int) -> bool:
+        return not self.done and self.lo <= index < self.hi
+
+    def widest_gap(self, busy: set[int]) -> tuple[int, int] | None:
+        """(gap size, midpoint) of the widest run of open indices with no probe in it: with
+        nothing busy, the bisection's own next probe."""
+        marks = [self.lo - 1, *sorted(i for i in busy if self.needs(i)), self.hi]
+        gaps = [(b - a - 1, (a + 1 + b) // 2) for a, b in zip(marks, marks[1:]) if b - a > 1]
+        return max(gaps, key=lambda g: g[0]) if gaps and not self.done else None
 
     def update(self, index: int, score: float) -> None:
         if self.passes(score):
@@ -88,34 +103,81 @@ class SearchState:
 
 
 class ThresholdSearcher(Searcher):
-    """Tune searcher over the count grid. ``make_config(count)`` returns a trial's config."""
+    """Tune searcher over the count grids of several searches at once.
 
-    def __init__(self, state: SearchState, make_config: Callable[[int], dict], metric: str = "score"):
+    ``searches`` maps a search's name to its state; ``make_config(name, count)`` returns a
+    trial's config. A free slot goes to the open search with the fewest probes running, at the
+    midpoint of its widest unprobed gap.
+    """
+
+    def __init__(self, searches: dict[str, SearchState], make_config: Callable[[str, int], dict], metric: str = "score"):
         super().__init__(metric=metric, mode="max")
-        self.state = state
+        self.searches = searches
         self.make_config = make_config
-        self.live: dict[str, tuple[int, Bisection]] = {}
+        self.live: dict[str, tuple[str, int]] = {}  # Tune trial id -> (search, grid index)
+        self.decided: set[str] = set()  # stopped early: their score passed what they probed
+        self.abandoned: set[str] = set()  # stopped early: no open interval needs their count
         self.static: dict = {}  # run_study's per-trial settings (storage, resources)
-        self.probes: list[int] = []  # counts trained, in order
-        self.state._settle()
+        self.probes: dict[str, list[int]] = {name: [] for name in searches}  # counts trained, in order
+        for state in searches.values():
+            state._settle()
+
+    def _busy(self, name: str) -> set[int]:
+        return {i for search, i in self.live.values() if search == name}
 
     def suggest(self, trial_id: str):
-        for b in (self.state.low, self.state.high):
-            if b.done or b.pending is not None:
-                continue
-            index = b.next_probe()
-            if any(i == index for i, _ in self.live.values()):
-                b.pending = index  # the other bisection is training this count already
-                continue
-            b.pending = index
-            self.live[trial_id] = (index, b)
-            self.probes.append(self.state.grid[index])
-            return {**self.static, "trial": self.make_config(self.state.grid[index])}
-        if self.state.low.done and self.state.high.done and not self.live:
-            return Searcher.FINISHED
-        return None  # wait for a running probe
+        choices = []
+        for name, state in self.searches.items():
+            busy = self._busy(name) | set(state.scores)
+            gaps = [g for g in (state.low.widest_gap(busy), state.high.widest_gap(busy)) if g is not None]
+            if gaps:
+                size, index = max(gaps, key=lambda g: g[0])
+                choices.append((len(self._busy(name)), -size, name, index))
+        if not choices:
+            return Searcher.FINISHED if not self.live else None  # else wait for a running probe
+        _, _, name, index = min(choices)
+        self.live[trial_id] = (name, index)
+        count = self.searches[name].grid[index]
+        self.probes[name].append(count)
+        return {**self.static, "trial": self.make_config(name, count)}
+
+    def should_stop(self, trial_id: str, result: dict) -> bool:
+        """Stop a probe once its answer is known: no open interval needs its count any more,
+        or its score already passes every test still open at it (scores rise with training,
+        as ASHA assumes, so a pass now is a pass at the end)."""
+        if trial_id not in self.live:
+            return False
+        name, index = self.live[trial_id]
+        state = self.searches[name]
+        open_tests = [b for b in (state.low, state.high) if b.needs(index)]
+        if not open_tests:
+            self.abandoned.add(trial_id)
+            return True
+        if "score" in result and all(b.passes(float(result["score"])) for b in open_tests):
+            self.decided.add(trial_id)
+            return True
+        return False
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        index, _ = self.live.pop(trial_id)
+        name, index = self.live.pop(trial_id)
+        if trial_id in self.abandoned:
+            return  # a partial score of a count nobody asks about any more
         score = float(result.get("score", float("-inf"))) if result and not error else float("-inf")
-        self.state.record(index, score)
+        self.searches[name].record(index, score)
+
+    @property
+    def done(self) -> bool:
+        return not self.live and all(s.low.done and s.high.done for s in self.searches.values())
+
+
+class DecidedProbes(Stopper):
+    """The Tune stopper of a threshold search: asks its searcher whether a probe is decided."""
+
+    def __init__(self, searcher: ThresholdSearcher):
+        self.searcher = searcher
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return self.searcher.should_stop(trial_id, result)
+
+    def stop_all(self) -> bool:
+        return False

@@ -4,8 +4,10 @@ For each model x task x APET structure: full fine-tuning gives the reference sco
 bisection over a log-spaced grid of trainable-parameter counts finds the low threshold
 (fewest parameters beating the baseline -- the larger of random guessing and the majority
 class -- by --margin) and the high threshold (fewest reaching FT within --tol), training a
-handful of counts instead of the whole grid. The definitions are apet_ray/thresholds.py's,
-shared with the report.
+handful of counts instead of the whole grid. All searches run in one Tune experiment: free
+trial slots go to the open intervals of every search (several counts of one interval at a
+time when slots allow), and a probe stops as soon as its answer is known. The definitions
+are apet_ray/thresholds.py's, shared with the report.
 The thresholds, trials and training steps spent versus the dense grid are printed and
 saved to RESULTS/param_ablation.thresholds.json.
 
@@ -17,6 +19,7 @@ saved to RESULTS/param_ablation.thresholds.json.
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from apet_ray.delta import DeltaSpec
@@ -25,7 +28,7 @@ from apet_ray.models import resolve
 from apet_ray.report import make_report
 from apet_ray.results import read_results
 from apet_ray.run import check_config
-from apet_ray.search import SearchState, ThresholdSearcher, log_grid
+from apet_ray.search import DecidedProbes, SearchState, ThresholdSearcher, log_grid
 from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config, trial_id
 from apet_ray.thresholds import HIGH_TOL, LOW_MARGIN, baseline
 
@@ -39,6 +42,7 @@ DEFAULTS = dict(
 # --profile paper: the paper's setting (study.cli.PAPER) with these step counts -- the
 # project's choice: the paper gives none beyond "up to ~14k steps" (Fig. 6)
 PAPER_PROFILE = dict(max_steps=5000, eval_every=500)
+SEARCH_STUDY = "param_ablation_search"  # one Tune experiment for every search of a run
 
 
 def run(argv=None):
@@ -80,11 +84,11 @@ def run(argv=None):
                   f"high: >= FT - {args.tol}")
         return
 
-    # 2. one bisection study per model x task x seed x structure
-    summary = []
+    # 2. every search in one Tune experiment: free slots go to the open intervals of all of them
+    tables, _ = read_results(results)
+    trials = tables.trials
+    states, facts, makers = {}, {}, {}
     for m, t, s, op, dist in searches:
-        tables, _ = read_results(results)
-        trials = tables.trials
         model_name = resolve(config(m, t, s, DeltaSpec.pet("ft", seed=s)).model)[1].name  # as runs record it
         ft_rows = trials[(trials.study == ft_study.study) & (trials.method == "ft") & (trials.model == model_name)
                          & (trials.task == t) & (trials.seed == s) & (trials.status == "finished")] if not trials.empty else trials
@@ -93,42 +97,68 @@ def run(argv=None):
         ft_score = float(ft_rows.final_score.iloc[0])
         random_guess = float(ft_rows.random_guess.iloc[0])
         base = baseline(random_guess, ft_rows.majority.iloc[0] if "majority" in ft_rows else None)
-        state = SearchState.new(grid, base, args.margin, ft_score, args.tol)
         name = f"param_ablation-{Path(m).name}-{t}-{op}-{dist}-s{s}"
-        done = trials[(trials.study == name) & (trials.status == "finished")] if not trials.empty else trials
-        for _, row in done.iterrows():  # a rerun resumes from the probes already written
+        state = SearchState.new(grid, base, args.margin, ft_score, args.tol)
+        # a rerun resumes from the probes already written (by this search, or a serial one before it)
+        done = trials[trials.study.isin([SEARCH_STUDY, name]) & (trials.model == model_name) & (trials.task == t)
+                      & (trials.seed == s) & (trials.op == op) & (trials.distribution == dist)
+                      & trials.status.isin(["finished", "decided"])] if not trials.empty else trials
+        for _, row in done.iterrows():
             if int(row.delta_params) in grid:
                 state.record(grid.index(int(row.delta_params)), float(row.final_score))
+        states[name], facts[name] = state, (m, t, s, op, dist, random_guess, base, ft_score)
 
-        def make(count, m=m, t=t, s=s, op=op, dist=dist, name=name):
-            cfg = config(m, t, s, DeltaSpec.apet(op, dist, budget=count, seed=s))
-            return {"trial_id": trial_id(cfg, name), "name": f"apet-{op}-{dist}-{count}-s{s}", "train": cfg.to_dict()}
+    def make(name, count):
+        m, t, s, op, dist = facts[name][:5]
+        cfg = config(m, t, s, DeltaSpec.apet(op, dist, budget=count, seed=s))
+        return {"trial_id": trial_id(cfg, name), "name": f"apet-{op}-{dist}-{count}-s{s}",
+                "group": f"{cfg.model} | {cfg.task}", "train": cfg.to_dict()}
 
-        searcher = ThresholdSearcher(state, make)
-        if not (state.low.done and state.high.done):
-            study = study_config(args, name)
-            study.asha, study.report, study.resume = False, False, False
-            study.results = str(results)
-            _fresh_tune_dir(results, name)
-            run_study(study, [config(m, t, s, DeltaSpec.apet(op, dist, budget=grid[0], seed=s))], searcher=searcher)
+    searcher = ThresholdSearcher(states, make)
+    started = time.time()
+    if not searcher.done:
+        study = study_config(args, SEARCH_STUDY)
+        study.asha, study.report, study.resume = False, False, False
+        study.results = str(results)
+        _fresh_tune_dir(results, SEARCH_STUDY)
+        first = next(iter(facts.values()))
+        run_study(study, [config(*first[:3], DeltaSpec.apet(first[3], first[4], budget=grid[0], seed=first[2]))],
+                  searcher=searcher, stopper=DecidedProbes(searcher))
+    summary = []
+    for name, state in states.items():
+        m, t, s, op, dist, random_guess, base, ft_score = facts[name]
         probes = len(state.scores)
         record = {
             "model": m, "task": t, "seed": s, "structure": f"{op}-{dist}", "random_guess": random_guess,
             "baseline": base,
             "margin": args.margin, "ft_score": ft_score, "tol": args.tol, "grid": grid,
             "low_threshold": state.threshold(state.low), "high_threshold": state.threshold(state.high),
-            "probes": {grid[i]: v for i, v in sorted(state.scores.items())}, "trials": probes,
-            "steps": probes * args.max_steps, "dense_grid_steps": len(grid) * args.max_steps,
-            "fraction_of_dense_grid": probes / len(grid),
+            "probes": {grid[i]: v for i, v in sorted(state.scores.items())}, "trials": len(searcher.probes[name]),
+            "dense_grid_steps": len(grid) * args.max_steps,
         }
         summary.append(record)
         print(f"[apet-ray] {m} / {t} / {op}-{dist} / seed {s}: low threshold {record['low_threshold']}, "
               f"high threshold {record['high_threshold']} (FT {ft_score:.3f}, baseline {base:.2f}); "
-              f"{probes} of {len(grid)} grid counts trained = {100 * probes / len(grid):.0f}% of the dense grid's steps",
-              flush=True)
-    (results / "param_ablation.thresholds.json").write_text(json.dumps(summary, indent=2))
+              f"{probes} of {len(grid)} grid counts scored", flush=True)
+    steps = _steps_trained(results)
+    print(f"[apet-ray] threshold search: {sum(len(p) for p in searcher.probes.values())} probes "
+          f"({len(searcher.decided)} stopped once decided, {len(searcher.abandoned)} once no longer needed), "
+          f"{steps:,} training steps = {100 * steps / max(1, len(states) * len(grid) * args.max_steps):.0f}% of the "
+          f"dense grid's, {time.time() - started:.0f} s", flush=True)
+    (results / "param_ablation.thresholds.json").write_text(json.dumps(
+        {"searches": summary, "steps": steps, "dense_grid_steps": len(states) * len(grid) * args.max_steps,
+         "wall_s": round(time.time() - started, 1)}, indent=2))
     if not args.no_report:
         print("\n".join(make_report(results, results / "report").lines()), flush=True)
+
+
+def _steps_trained(results: Path) -> int:
+    """Training steps the search's probes ran (this run and any before it), from the trials table."""
+    tables, _ = read_results(results)
+    trials = tables.trials
+    if trials.empty:
+        return 0
+    return int(trials[trials.study == SEARCH_STUDY]["steps_run"].sum())
 
 
 def _fresh_tune_dir(results: Path, name: str) -> None:

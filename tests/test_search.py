@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from apet_ray.search import SearchState, ThresholdSearcher, log_grid
+from apet_ray.search import DecidedProbes, SearchState, ThresholdSearcher, log_grid
 
 
 def curve(count: int) -> float:
@@ -18,26 +18,28 @@ def dense_answer(grid, random_guess, margin, ft, tol):
     return low, high
 
 
-def drive(grid, ft=0.9, tol=0.02, random_guess=0.5, margin=0.05, concurrent=2):
-    state = SearchState.new(grid, random_guess, margin, ft, tol)
-    searcher = ThresholdSearcher(state, make_config=lambda count: {"count": count})
-    running: dict[str, int] = {}
+def drive(grid, ft=0.9, tol=0.02, random_guess=0.5, margin=0.05, concurrent=2, searches=1):
+    """Run ``searches`` identical searches on ``concurrent`` slots, every probe taking one time
+    unit. Returns the first search's state, every count trained, and the wall time."""
+    states = {f"s{i}": SearchState.new(grid, random_guess, margin, ft, tol) for i in range(searches)}
+    searcher = ThresholdSearcher(states, make_config=lambda name, count: {"name": name, "count": count})
+    running: dict[str, tuple[float, int]] = {}  # trial -> (finish time, count)
     trained = []
-    n = 0
+    n, now = 0, 0.0
     while True:
         while len(running) < concurrent:
             n += 1
             suggestion = searcher.suggest(f"t{n}")
             if suggestion is None or suggestion == ThresholdSearcher.FINISHED:
                 break
-            running[f"t{n}"] = suggestion["trial"]["count"]
+            running[f"t{n}"] = (now + 1.0, suggestion["trial"]["count"])
         if not running:
             break
-        tid, count = next(iter(running.items()))
-        del running[tid]
+        tid = min(running, key=lambda t: running[t][0])
+        now, count = running.pop(tid)
         trained.append(count)
         searcher.on_trial_complete(tid, {"score": curve(count)})
-    return state, trained
+    return states["s0"], trained, now
 
 
 def test_log_grid():
@@ -49,7 +51,7 @@ def test_log_grid():
 @pytest.mark.parametrize("per_decade", [2, 4, 8])
 def test_bisection_finds_the_dense_grid_thresholds_with_few_trials(per_decade):
     grid = log_grid(10, 10**6, per_decade)
-    state, trained = drive(grid)
+    state, trained, _ = drive(grid)
     assert (state.threshold(state.low), state.threshold(state.high)) == dense_answer(grid, 0.5, 0.05, 0.9, 0.02)
     assert len(set(trained)) == len(trained)  # no count trained twice
     assert len(trained) <= 2 * math.ceil(math.log2(len(grid) + 1))
@@ -58,15 +60,52 @@ def test_bisection_finds_the_dense_grid_thresholds_with_few_trials(per_decade):
 
 def test_never_reaching_ft_gives_no_high_threshold():
     grid = log_grid(10, 10**5, 4)
-    state, _ = drive(grid, ft=0.99, tol=0.0)
+    state, _, _ = drive(grid, ft=0.99, tol=0.0)
     assert state.threshold(state.high) is None and state.threshold(state.low) is not None
 
 
 def test_known_scores_are_reused_on_resume():
     grid = log_grid(10, 10**5, 4)
-    first, trained = drive(grid)
+    first, trained, _ = drive(grid)
     state = SearchState.new(grid, 0.5, 0.05, 0.9, 0.02)
     for i, score in first.scores.items():
         state.record(i, score)
-    searcher = ThresholdSearcher(state, make_config=lambda c: {"count": c})
+    searcher = ThresholdSearcher({"s": state}, make_config=lambda name, c: {"count": c})
     assert searcher.suggest("x") == ThresholdSearcher.FINISHED
+
+
+@pytest.mark.parametrize("concurrent", [1, 2, 4, 8])
+def test_k_ary_search_finds_the_same_thresholds_in_fewer_rounds(concurrent):
+    grid = log_grid(10, 10**6, 8)
+    state, trained, wall = drive(grid, concurrent=concurrent)
+    assert (state.threshold(state.low), state.threshold(state.high)) == dense_answer(grid, 0.5, 0.05, 0.9, 0.02)
+    assert len(set(trained)) == len(trained)
+    _, serial, serial_wall = drive(grid, concurrent=1)
+    if concurrent >= 4:  # more probes, in less time
+        assert wall <= serial_wall / 2 and len(trained) >= len(serial)
+
+
+def test_all_searches_of_a_study_run_together():
+    grid = log_grid(10, 10**5, 4)
+    one, _, wall_alone = drive(grid, concurrent=2, searches=1)
+    state, _, wall = drive(grid, concurrent=6, searches=3)
+    assert (state.threshold(state.low), state.threshold(state.high)) == (one.threshold(one.low), one.threshold(one.high))
+    assert wall == wall_alone  # three searches side by side, not one after another
+
+
+def test_a_probe_is_stopped_once_decided_or_no_longer_needed():
+    grid = log_grid(10, 10**5, 4)  # 17 counts
+    state = SearchState.new(grid, 0.5, 0.05, 0.9, 0.02)
+    searcher = ThresholdSearcher({"s": state}, make_config=lambda name, c: {"count": c})
+    stopper = DecidedProbes(searcher)
+    first = searcher.suggest("a")["trial"]["count"]
+    second = searcher.suggest("b")["trial"]["count"]
+    assert first == grid[8] and second != first
+    assert not stopper("a", {"score": 0.6})  # passes the low test, not yet the high one
+    assert stopper("a", {"score": 0.89})  # within tol of FT: passes both tests it is open to
+    searcher.on_trial_complete("a", {"score": 0.89})
+    assert "a" in searcher.decided and state.high.hi == 8 and state.low.hi == 8
+    if grid.index(second) > 8:  # probing above a count known to pass: nobody needs it now
+        assert stopper("b", {"score": 0.5}) and "b" in searcher.abandoned
+        searcher.on_trial_complete("b", {"score": 0.5})
+        assert grid.index(second) not in state.scores

@@ -108,13 +108,18 @@ def prepare(results: Results, score: str = "final") -> ReportData:
     trials = trials[trials["status"] != "error"].copy()
     stopped = trials[trials["status"] == "early_stopped"]
     if len(stopped):
-        # ASHA stopped them: their score is where they were, not where they would end
+        # ASHA (or a search) stopped them: their score is where they were, not where they would end
         listed = "; ".join(
             f"{method_label(r.method, r.op, r.distribution, r.match)} on {r.model} / {r.task} seed {r.seed}: "
             f"{100 * r.final_score:.1f} % at step {r.steps_run} of {r.max_steps}"
             for r in stopped.sort_values(["model", "task", "trial_id"]).itertuples())
-        notes.append(f"{len(stopped)} trial(s) stopped early (ASHA) left out of every table, figure and finding: {listed}.")
+        notes.append(f"{len(stopped)} trial(s) stopped early (by ASHA, or by a threshold search that no longer needed "
+                     f"their count) left out of every table, figure and finding: {listed}.")
     trials = trials[trials["status"] != "early_stopped"].copy()
+    decided = int((trials["status"] == "decided").sum())
+    if decided:
+        notes.append(f"{decided} threshold-search probe(s) stopped once their score passed the threshold they probed: "
+                     "their score is the one at that point, a lower bound of where they would end.")
     trials["score"] = trials[score_column].astype(float)
     unscored = int(trials["score"].isna().sum())
     if unscored:

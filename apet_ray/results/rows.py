@@ -23,7 +23,8 @@ class TrialRows:
 
 def rows_from_record(record: RunRecord, study: str, trial_id: str, status: str, code_version: str) -> TrialRows:
     """The rows of one run. ``status`` "finished" becomes "early_stopped" for a run that
-    stopped before its last step (ASHA). PET methods at their preset leave op, distribution
+    stopped before its last step (ASHA); "decided" is a threshold-search probe stopped once its
+    score passed what it was probing (that score is a lower bound of its final one). PET methods at their preset leave op, distribution
     and requested_params empty: they are described by the method alone."""
     cfg = record.config
     spec = json.loads(cfg["spec"])

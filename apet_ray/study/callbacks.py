@@ -29,8 +29,11 @@ def trial_dirname(trial) -> str:
 
 
 class ResultsWriter(Callback):
-    def __init__(self, results: Path, study: str, code_version: str):
-        self.results, self.study, self.code_version = results, study, code_version
+    """Writes each trial's rows when it ends. ``decided(tune_trial_id)`` says a trial was stopped
+    because its answer was known (a threshold search's ``decided`` set)."""
+
+    def __init__(self, results: Path, study: str, code_version: str, decided=lambda tune_trial_id: False):
+        self.results, self.study, self.code_version, self.decided = results, study, code_version, decided
         self.written = 0
         self.ids: list[str] = []
 
@@ -49,15 +52,15 @@ class ResultsWriter(Callback):
         self.ids.append(tid)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._write(trial, "finished")
+        self._write(trial, "decided" if self.decided(trial.trial_id) else "finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._write(trial, "error")
 
 
 class Progress(Callback):
-    def __init__(self, total: int | None, concurrent: int):
-        self.total, self.concurrent = total, concurrent
+    def __init__(self, total: int | None, concurrent: int, decided=lambda tune_trial_id: False):
+        self.total, self.concurrent, self.decided = total, concurrent, decided
         self.started_at: dict[str, float] = {}
         self.durations: list[float] = []
         self.rows: list[tuple[str, str, int, str, str]] = []
@@ -74,7 +77,7 @@ class Progress(Callback):
         score = f"{record.metric} {record.final_score:.3f}" if record and record.history else "no evaluation"
         steps = f"step {record.steps_run}/{record.config['max_steps']}" if record and record.history else ""
         if status == "finished" and record and record.history and not record.finished:  # as rows_from_record says
-            status = "stopped (ASHA)"
+            status = "decided (stopped)" if self.decided(trial.trial_id) else "stopped (ASHA)"
         if last.get("already_recorded"):
             status, score = "recorded earlier", f"score {last.get('score', float('nan')):.3f}"
         params = f"{record.delta_params:,}" if record else "?"

@@ -197,11 +197,12 @@ def _placement(study: StudyConfig, workers: int, most: int) -> tuple[dict, float
 
 
 def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_trials: int | None = None,
-              callbacks: tuple = ()) -> Path:
+              callbacks: tuple = (), stopper=None) -> Path:
     """Validate, run on Ray Tune, write Parquet, print the report. Returns the results folder.
 
     Without ``searcher`` the trials are the grid. With one (e.g. ``search.ThresholdSearcher``)
-    the searcher proposes the trials and ``trials`` only lists configs to validate up front.
+    the searcher proposes the trials and ``trials`` only lists configs to validate up front, and
+    ``stopper`` (a Tune ``Stopper``, e.g. ``search.DecidedProbes``) may end trials early.
     ``callbacks`` are further Tune callbacks (e.g. a benchmark's timeline).
     """
     plans = validate(study, trials)
@@ -221,7 +222,7 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     init_ray(study.address)
     workers = trials[0].workers
     local = study.address in (None, "", "local")
-    trial_resources, cpus_per_worker, concurrent, use_gpu = _placement(study, workers, len(trials) if searcher is None else 2)
+    trial_resources, cpus_per_worker, concurrent, use_gpu = _placement(study, workers, len(trials) if searcher is None else 10**6)
     names = trial_names(trials)
     grid = [{"trial_id": trial_id(t, study.study), "name": name, "group": f"{t.model} | {t.task}", "train": t.to_dict()}
             for t, name in zip(trials, names)]
@@ -243,8 +244,9 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     eval_every = min(t.eval_every for t in trials)
     scheduler = GroupedASHA(time_attr="step", max_t=max_steps, grace_period=eval_every * study.grace_evals,
                             reduction_factor=2) if study.asha else None
-    writer = ResultsWriter(results, study.study, code_version())
-    progress = Progress(len(grid) if searcher is None else None, concurrent)
+    decided = getattr(searcher, "decided", set())
+    writer = ResultsWriter(results, study.study, code_version(), decided=lambda tid: tid in decided)
+    progress = Progress(len(grid) if searcher is None else None, concurrent, decided=lambda tid: tid in decided)
     tune_path = str(results / "ray")
     if study.resume:
         tuner = tune.Tuner.restore(str(results / "ray" / study.study), trainable=trainable,
@@ -268,7 +270,7 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
             # is retried by Tune, from its last checkpoint
             # verbose 0: Progress prints one line per trial instead of Tune's config dumps
             run_config=tune.RunConfig(name=study.study, storage_path=tune_path, callbacks=[writer, progress, *callbacks],
-                                      verbose=0,
+                                      verbose=0, stop=stopper,
                                       failure_config=tune.FailureConfig(max_failures=1 if workers == 0 else 0),
                                       # --workers 0 checkpoints through Tune: keep two, as a Train run does
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
