@@ -53,6 +53,8 @@ def run(argv=None):
     parser.add_argument("--per-decade", type=int, help="grid points per factor of ten")
     parser.add_argument("--margin", type=float, help=f"low threshold: score > baseline + margin (default {LOW_MARGIN})")
     parser.add_argument("--tol", type=float, help=f"high threshold: score >= FT score - tol (default {HIGH_TOL})")
+    parser.add_argument("--dense", action="store_true",
+                        help="train every grid count instead of searching (the dense grid a search is checked against)")
     parser.add_argument("--head", choices=["frozen", "trainable"],
                         help="BERT classifier head; frozen keeps the count honest (a trained head alone beats chance)")
     args = parse(parser, argv)
@@ -106,7 +108,7 @@ def run(argv=None):
         for _, row in done.iterrows():
             if int(row.delta_params) in grid:
                 state.record(grid.index(int(row.delta_params)), float(row.final_score))
-        states[name], facts[name] = state, (m, t, s, op, dist, random_guess, base, ft_score)
+        states[name], facts[name] = state, (m, t, s, op, dist, random_guess, base, ft_score, model_name)
 
     def make(name, count):
         m, t, s, op, dist = facts[name][:5]
@@ -116,7 +118,9 @@ def run(argv=None):
 
     searcher = ThresholdSearcher(states, make)
     started = time.time()
-    if not searcher.done:
+    if args.dense:
+        _run_dense_grid(args, results, states, facts, config)
+    elif not searcher.done:
         study = study_config(args, SEARCH_STUDY)
         study.asha, study.report, study.resume = False, False, False
         study.results = str(results)
@@ -126,13 +130,15 @@ def run(argv=None):
                   searcher=searcher, stopper=DecidedProbes(searcher))
     summary = []
     for name, state in states.items():
-        m, t, s, op, dist, random_guess, base, ft_score = facts[name]
+        m, t, s, op, dist, random_guess, base, ft_score, _ = facts[name]
         probes = len(state.scores)
+        low, high = (_dense_thresholds(state, args) if args.dense
+                     else (state.threshold(state.low), state.threshold(state.high)))
         record = {
             "model": m, "task": t, "seed": s, "structure": f"{op}-{dist}", "random_guess": random_guess,
             "baseline": base,
             "margin": args.margin, "ft_score": ft_score, "tol": args.tol, "grid": grid,
-            "low_threshold": state.threshold(state.low), "high_threshold": state.threshold(state.high),
+            "low_threshold": low, "high_threshold": high,
             "probes": {grid[i]: v for i, v in sorted(state.scores.items())}, "trials": len(searcher.probes[name]),
             "dense_grid_steps": len(grid) * args.max_steps,
         }
@@ -141,7 +147,8 @@ def run(argv=None):
               f"high threshold {record['high_threshold']} (FT {ft_score:.3f}, baseline {base:.2f}); "
               f"{probes} of {len(grid)} grid counts scored", flush=True)
     steps = _steps_trained(results)
-    print(f"[apet-ray] threshold search: {sum(len(p) for p in searcher.probes.values())} probes "
+    print(f"[apet-ray] {'dense grid' if args.dense else 'threshold search'}: "
+          f"{sum(len(p) for p in searcher.probes.values()) if not args.dense else len(states) * len(grid)} probes "
           f"({len(searcher.decided)} stopped once decided, {len(searcher.abandoned)} once no longer needed), "
           f"{steps:,} training steps = {100 * steps / max(1, len(states) * len(grid) * args.max_steps):.0f}% of the "
           f"dense grid's, {time.time() - started:.0f} s", flush=True)
@@ -150,6 +157,33 @@ def run(argv=None):
          "wall_s": round(time.time() - started, 1)}, indent=2))
     if not args.no_report:
         print("\n".join(make_report(results, results / "report").lines()), flush=True)
+
+
+def _run_dense_grid(args, results: Path, states: dict, facts: dict, config) -> None:
+    """Every count of every search, as one grid study; the scores go into the states."""
+    trials = [config(m, t, s, DeltaSpec.apet(op, dist, budget=count, seed=s))
+              for m, t, s, op, dist, *_ in facts.values() for count in next(iter(states.values())).grid]
+    study = study_config(args, SEARCH_STUDY)
+    study.asha, study.report, study.resume = False, False, False
+    study.results = str(results)
+    _fresh_tune_dir(results, SEARCH_STUDY)
+    run_study(study, trials)
+    table = read_results(results)[0].trials
+    for name, state in states.items():
+        m, t, s, op, dist, *_, model_name = facts[name]
+        rows = table[(table.study == SEARCH_STUDY) & (table.model == model_name) & (table.seed == s) & (table.task == t) & (table.op == op)
+                     & (table.distribution == dist) & (table.status == "finished")]
+        for row in rows.itertuples():
+            if int(row.delta_params) in state.grid:
+                state.scores[state.grid.index(int(row.delta_params))] = float(row.final_score)
+
+
+def _dense_thresholds(state: SearchState, args) -> tuple[int | None, int | None]:
+    """The dense grid's answer: the first count that passes (thresholds.py's tests)."""
+    scored = sorted(state.scores.items())
+    low = next((state.grid[i] for i, v in scored if state.low.passes(v)), None)
+    high = next((state.grid[i] for i, v in scored if state.high.passes(v)), None)
+    return low, high
 
 
 def _steps_trained(results: Path) -> int:
