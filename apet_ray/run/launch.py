@@ -30,6 +30,10 @@ RAY_ENV = {
     # Tune warns at every snapshot of short trials that checkpoint often; the study's own
     # progress lines are what a person reads
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # No result.json / progress.csv / TensorBoard files per trial: the Parquet tables are the
+    # results, each report carries the run's whole record (so result.json grew with the square
+    # of the evaluations), and TensorBoard warned at every report about the history list
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
 
