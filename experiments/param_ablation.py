@@ -89,26 +89,27 @@ def run(argv=None):
     # 2. every search in one Tune experiment: free slots go to the open intervals of all of them
     tables, _ = read_results(results)
     trials = tables.trials
-    states, facts, makers = {}, {}, {}
+    states, facts = {}, {}
     for m, t, s, op, dist in searches:
-        model_name = resolve(config(m, t, s, DeltaSpec.pet("ft", seed=s)).model)[1].name  # as runs record it
+        reference = config(m, t, s, DeltaSpec.pet("ft", seed=s))
+        model_name, task_name = resolve(reference.model)[1].name, reference.task  # as runs record them
         ft_rows = trials[(trials.study == ft_study.study) & (trials.method == "ft") & (trials.model == model_name)
-                         & (trials.task == t) & (trials.seed == s) & (trials.status == "finished")] if not trials.empty else trials
+                         & (trials.task == task_name) & (trials.seed == s) & (trials.status == "finished")] if not trials.empty else trials
         if ft_rows.empty:
             raise UserError(f"no FT result for {m} / {t} / seed {s}: cannot search for the high threshold")
         ft_score = float(ft_rows.final_score.iloc[0])
         random_guess = float(ft_rows.random_guess.iloc[0])
         base = baseline(random_guess, ft_rows.majority.iloc[0] if "majority" in ft_rows else None)
-        name = f"param_ablation-{Path(m).name}-{t}-{op}-{dist}-s{s}"
+        name = f"param_ablation-{Path(m).name}-{task_name}-{op}-{dist}-s{s}"
         state = SearchState.new(grid, base, args.margin, ft_score, args.tol)
         # a rerun resumes from the probes already written (by this search, or a serial one before it)
-        done = trials[trials.study.isin([SEARCH_STUDY, name]) & (trials.model == model_name) & (trials.task == t)
+        done = trials[trials.study.isin([SEARCH_STUDY, name]) & (trials.model == model_name) & (trials.task == task_name)
                       & (trials.seed == s) & (trials.op == op) & (trials.distribution == dist)
                       & trials.status.isin(["finished", "decided"])] if not trials.empty else trials
         for _, row in done.iterrows():
             if int(row.delta_params) in grid:
                 state.record(grid.index(int(row.delta_params)), float(row.final_score))
-        states[name], facts[name] = state, (m, t, s, op, dist, random_guess, base, ft_score, model_name)
+        states[name], facts[name] = state, (m, t, s, op, dist, random_guess, base, ft_score, model_name, task_name)
 
     def make(name, count):
         m, t, s, op, dist = facts[name][:5]
@@ -130,12 +131,12 @@ def run(argv=None):
                   searcher=searcher, stopper=DecidedProbes(searcher))
     summary = []
     for name, state in states.items():
-        m, t, s, op, dist, random_guess, base, ft_score, _ = facts[name]
+        m, t, s, op, dist, random_guess, base, ft_score, _, task_name = facts[name]
         probes = len(state.scores)
         low, high = (_dense_thresholds(state, args) if args.dense
                      else (state.threshold(state.low), state.threshold(state.high)))
         record = {
-            "model": m, "task": t, "seed": s, "structure": f"{op}-{dist}", "random_guess": random_guess,
+            "model": m, "task": task_name, "seed": s, "structure": f"{op}-{dist}", "random_guess": random_guess,
             "baseline": base,
             "margin": args.margin, "ft_score": ft_score, "tol": args.tol, "grid": grid,
             "low_threshold": low, "high_threshold": high,
@@ -143,7 +144,7 @@ def run(argv=None):
             "dense_grid_steps": len(grid) * args.max_steps,
         }
         summary.append(record)
-        print(f"[apet-ray] {m} / {t} / {op}-{dist} / seed {s}: low threshold {record['low_threshold']}, "
+        print(f"[apet-ray] {m} / {task_name} / {op}-{dist} / seed {s}: low threshold {record['low_threshold']}, "
               f"high threshold {record['high_threshold']} (FT {ft_score:.3f}, baseline {base:.2f}); "
               f"{probes} of {len(grid)} grid counts scored", flush=True)
     steps = _steps_trained(results)
@@ -170,8 +171,9 @@ def _run_dense_grid(args, results: Path, states: dict, facts: dict, config) -> N
     run_study(study, trials)
     table = read_results(results)[0].trials
     for name, state in states.items():
-        m, t, s, op, dist, *_, model_name = facts[name]
-        rows = table[(table.study == SEARCH_STUDY) & (table.model == model_name) & (table.seed == s) & (table.task == t) & (table.op == op)
+        m, t, s, op, dist, *_, model_name, task_name = facts[name]
+        rows = table[(table.study == SEARCH_STUDY) & (table.model == model_name) & (table.seed == s)
+                     & (table.task == task_name) & (table.op == op)
                      & (table.distribution == dist) & (table.status == "finished")]
         for row in rows.itertuples():
             if int(row.delta_params) in state.grid:

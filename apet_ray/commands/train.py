@@ -14,6 +14,7 @@ from apet_ray.commands.params import add_spec_arguments, spec_from_args
 from apet_ray.errors import UserError
 from apet_ray.models import DEFAULT_MODEL
 from apet_ray.run.options import add_run_arguments, config_from_args
+from apet_ray.tasks.task_file import is_task_file, read_task_file
 
 # a one-off run starts one worker unless told otherwise (studies embed their own defaults)
 TRAIN_DEFAULTS = {"workers": 1}
@@ -24,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train one delta spec on one task, in this process or on Ray Train; "
                        "write its record (run.json, Parquet tables) and final deltas under --out.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF name, local folder, minilm (offline default) or tiny-bert/tiny-t5")
-    p.add_argument("--task", help="a task name (apet-ray tasks); with --train-file, the name of your task "
-                   "(default: rotten_tomatoes, or the train file's name)")
+    p.add_argument("--task", help="a task name (apet-ray tasks), a task file (.yaml/.json, docs/tasks.md); with "
+                   "--train-file, the name of your task (default: rotten_tomatoes, or the train file's name)")
     byo = p.add_argument_group("bring your own task (instead of a registered --task)")
     byo.add_argument("--train-file", help="csv/parquet/jsonl with your own columns")
     byo.add_argument("--eval-file", help="held-out file (default: 10%% of --train-file)")
@@ -44,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_cli(args: argparse.Namespace):
     custom, task = None, args.task or "rotten_tomatoes"
-    if args.train_file:
+    if is_task_file(task):
+        task, custom = read_task_file(task)
+    elif args.train_file:
         custom = dict(path=args.train_file, text_columns=tuple(args.text_columns.split(",")),
                       label_column=args.label_column, target_column=args.target_column, eval_path=args.eval_file)
         task = args.task or Path(args.train_file).stem

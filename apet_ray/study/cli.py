@@ -18,6 +18,7 @@ from apet_ray.errors import OneLineParser, UserError
 from apet_ray.run.config import TrainConfig
 from apet_ray.run.options import add_run_arguments, config_from_args
 from apet_ray.study.runner import StudyConfig
+from apet_ray.tasks.task_file import is_task_file, read_task_file
 
 # The paper's setting (SPEC §4), shared by every study; each script adds its step counts.
 # None means "the paper's" for the learning rates and the input length (the task's), and
@@ -141,6 +142,8 @@ def trial_config(args: argparse.Namespace, model: str, task: str, seed: int, **f
     one-worker Ray Train run, which Train restarts on another node if its node dies."""
     if args.workers is None:
         args.workers = 0 if args.address in (None, "", "local") else 1
+    if is_task_file(task):  # a task of the user's own, described in a YAML / JSON file
+        task, fields["custom"] = read_task_file(task)
     cfg = config_from_args(args, model=model, task=task, seed=seed, **fields)
     if cfg.spec.method == "ft" and getattr(args, "ft_lr", None) is not None:
         cfg.lr = args.ft_lr  # FT moves every weight: it wants a smaller step than the deltas

@@ -19,6 +19,7 @@ from pathlib import Path
 from apet_ray.errors import UserError
 from apet_ray.tasks.files import read_table, require_columns
 from apet_ray.tasks.registry import CLASSIFICATION_TYPES, TASK_TYPES, Task
+from apet_ray.tasks.task_file import with_overrides
 
 # A label column with more distinct values than this is almost surely a text or id column
 # named by mistake; a generation task (target_column) is the way to learn free text.
@@ -79,6 +80,10 @@ def custom_task(
     eval_path: str | Path | None = None,
     eval_fraction: float = 0.1,
     split_seed: int = 0,
+    metric: str | None = None,
+    label_words: tuple[str, ...] | None = None,
+    max_input_len: int | None = None,
+    max_gen_len: int | None = None,
 ) -> Task:
     """A ``Task`` over the user's own file(s), usable everywhere a built-in task is.
 
@@ -86,7 +91,9 @@ def custom_task(
     must be given. Without ``eval_path``, ``eval_fraction`` of the rows of ``path`` are
     held out for evaluation (see ``holdout_indices``). The type defaults to ``sa`` for one
     text column, ``nli`` for two, and ``sum`` for generation; it sets the metric and the
-    maximum lengths (SPEC §4-5).
+    maximum lengths (SPEC §4-5) unless ``metric``, ``max_input_len`` or ``max_gen_len`` say
+    otherwise; ``label_words`` replace the label values as the words T5 emits (a task file's
+    settings, see ``tasks.task_file``).
     """
     if isinstance(text_columns, str):
         text_columns = (text_columns,)
@@ -128,12 +135,13 @@ def custom_task(
         eval_fraction=eval_fraction, split_seed=split_seed,
     )
     if label_column is None:
-        return Task(**common)
+        return with_overrides(Task(**common), metric, None, max_input_len, max_gen_len)
     values = _distinct_labels([f[label_column].tolist() for f in frames], label_column, files)
     unified = tuple(_UNIFIED_WORDS.get(v.lower()) for v in values)
     if len(values) != 2 or None in unified or len(set(unified)) != 2:
         unified = (None,) * len(values)  # only a clean binary pair carries the unified meaning
-    return Task(**common, label_words=values, label_values=values, unified_label=unified)
+    task = Task(**common, label_words=values, label_values=values, unified_label=unified)
+    return with_overrides(task, metric, label_words, max_input_len, max_gen_len)
 
 
 def _distinct_labels(columns: list[list[object]], label_column: str, files: list[Path]) -> tuple[str, ...]:

@@ -186,3 +186,23 @@ def test_param_ablation_runs_every_search_in_one_experiment(tmp_path):
     assert summary["steps"] == int(probes.steps_run.sum()) <= summary["dense_grid_steps"]
     assert sorted(p.name for p in (tmp_path / "ray").iterdir() if p.name.startswith("param_ablation")) == [
         "param_ablation_ft", "param_ablation_search"]  # the two searches shared one Tune experiment
+
+
+def test_studies_take_a_task_file_of_three_classes_and_name_it_in_the_report(tmp_path):
+    rows = [("the invoice is wrong", "billing"), ("app crashes on start", "tech"), ("need a quote", "sales")] * 12
+    (tmp_path / "tickets.csv").write_text("message,team\n" + "".join(f'"{m}",{t}\n' for m, t in rows))
+    task_file = tmp_path / "tickets.yaml"
+    task_file.write_text("name: tickets\ntrain: tickets.csv\ntext_columns: [message]\nlabel_column: team\n"
+                         "type: classification\n")
+    common = ["--models", "tiny-bert", "--tasks", str(task_file), "--batch-size", "8", "--max-steps", "2",
+              "--eval-every", "2", "--workers", "0"]
+    env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    for script, extra in (("structure_ablation.py", ["--methods", "lora"]),
+                          ("param_ablation.py", ["--min-count", "10", "--max-count", "100", "--per-decade", "1"])):
+        results = tmp_path / script.removesuffix(".py")
+        done = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *common, *extra,
+                               "--results", str(results)], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        table = trials(results)
+        assert set(table.task) == {"tickets"} and set(table.random_guess.round(3)) == {0.333}
+        assert "tickets" in (results / "report" / "report.md").read_text()
