@@ -29,7 +29,9 @@ from apet_ray.report import make_report
 from apet_ray.results import read_results
 from apet_ray.run import check_config
 from apet_ray.search import DecidedProbes, SearchState, ThresholdSearcher, log_grid
-from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config, trial_id
+from apet_ray.study import (choose_lrs, csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config,
+                            trial_id)
+from apet_ray.study.lr_search import with_lr
 from apet_ray.thresholds import HIGH_TOL, LOW_MARGIN, baseline
 
 DEFAULTS = dict(
@@ -111,9 +113,22 @@ def run(argv=None):
                 state.record(grid.index(int(row.delta_params)), float(row.final_score))
         states[name], facts[name] = state, (m, t, s, op, dist, random_guess, base, ft_score, model_name, task_name)
 
+    lr_of = {}
+    if args.tune_lr and not args.dense:
+        # once per structure (and model, task), at the grid's middle count: tuning every probe
+        # would multiply the search's cost by --tune-lr, and a probe's lr must not decide its count
+        middle = grid[len(grid) // 2]
+        refs = {name: config(m, t, s, DeltaSpec.apet(op, dist, budget=middle, seed=s))
+                for name, (m, t, s, op, dist, *_) in facts.items()}
+        tuning = study_config(args, SEARCH_STUDY)
+        tuning.results = str(results)
+        lr_of = dict(zip(refs, choose_lrs(tuning, list(refs.values()))))
+
     def make(name, count):
         m, t, s, op, dist = facts[name][:5]
         cfg = config(m, t, s, DeltaSpec.apet(op, dist, budget=count, seed=s))
+        if name in lr_of:
+            cfg = with_lr(cfg, lr_of[name])
         return {"trial_id": trial_id(cfg, name), "name": f"apet-{op}-{dist}-{count}-s{s}",
                 "group": f"{cfg.model} | {cfg.task}", "train": cfg.to_dict()}
 

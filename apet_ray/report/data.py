@@ -106,6 +106,12 @@ def prepare(results: Results, score: str = "final") -> ReportData:
     if errors:
         notes.append(f"{errors} trial(s) with status 'error' left out of every table and figure.")
     trials = trials[trials["status"] != "error"].copy()
+    search = trials[trials["status"] == "search"]
+    if len(search):
+        notes.append(f"{len(search)} learning-rate search trial(s) (--tune-lr) left out of every table, figure and "
+                     f"finding: their cost was {int(search['steps_run'].sum()):,} training steps, "
+                     f"{float(search['wall_time_s'].fillna(0).sum()) / 60:.1f} min of runs.")
+        trials = trials[trials["status"] != "search"].copy()
     stopped = trials[trials["status"] == "early_stopped"]
     if len(stopped):
         # ASHA (or a search) stopped them: their score is where they were, not where they would end

@@ -118,7 +118,7 @@ ADDED_COLUMNS = {"trials": ("family", "majority", "tokens_per_s", "peak_memory_m
 # come from the registry when a row is checked, so a newly registered method is accepted.
 DISTRIBUTIONS = tuple(d for d in SPEC_DISTRIBUTIONS if d != "full")  # PET rows leave it empty
 METRICS = ("accuracy", "f1", "rougeL")
-STATUSES = ("finished", "early_stopped", "decided", "error")
+STATUSES = ("finished", "early_stopped", "decided", "search", "error")
 FAMILIES = ("bert", "t5")
 _CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "method": method_names,

@@ -60,6 +60,11 @@ class TrainConfig:
         """How ``load_examples`` finds a registered task's data (a custom task knows its files)."""
         return {} if self.custom else dict(data_dir=self.data_dir, source=self.data_source)
 
+    @property
+    def trains_prompt(self) -> bool:
+        """The deltas include soft prompt tokens (prompt tuning, or APET concat at the embeddings)."""
+        return self.spec.op == "concat" and "embeddings" in self.spec.positions
+
     def learning_rates(self) -> tuple[float, float]:
         """(base, soft-prompt) learning rates: the paper's unless ``lr`` / ``prompt_lr`` are given."""
         paper = (5e-5, 5e-5) if self.resolve_task().name == "rte" else (3e-4, 3e-2)
@@ -140,7 +145,6 @@ def check_config(cfg: TrainConfig) -> RunPlan:
             raise UserError(f"zero-shot transfer {task.name} -> {target} needs classification tasks on both sides")
         load_examples(target_task, "eval", limit=1, seed=cfg.seed, data_dir=cfg.data_dir, source=cfg.data_source)
     base_lr, prompt_lr = cfg.learning_rates()
-    trains_prompt = cfg.spec.op == "concat" and "embeddings" in cfg.spec.positions
     return RunPlan(model=info.name, family=info.family, task=task.name, task_type=task.type.upper(),
                    delta_params=count_deltas(model), total_params=count_backbone(model),
-                   max_input_len=cfg.max_input_len or task.max_input_len, lr=prompt_lr if trains_prompt else base_lr)
+                   max_input_len=cfg.max_input_len or task.max_input_len, lr=prompt_lr if cfg.trains_prompt else base_lr)

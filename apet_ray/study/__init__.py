@@ -4,7 +4,7 @@ record is written to Parquet as it ends (``runner``). The study scripts' shared 
 line is ``cli``."""
 
 from apet_ray.study.cli import csv, main, parse, seeds, study_arguments, study_config, trial_config
-from apet_ray.study.runner import StudyConfig, run_study, trial_id, tune_trial, validate
+from apet_ray.study.runner import StudyConfig, choose_lrs, run_study, trial_id, tune_trial, validate
 
-__all__ = ["StudyConfig", "csv", "main", "parse", "run_study", "seeds", "study_arguments", "study_config",
+__all__ = ["StudyConfig", "choose_lrs", "csv", "main", "parse", "run_study", "seeds", "study_arguments", "study_config",
            "trial_config", "trial_id", "tune_trial", "validate"]

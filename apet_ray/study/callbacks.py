@@ -16,11 +16,13 @@ from ray.tune import Callback
 
 from apet_ray.results import rows_from_record, write_trial
 from apet_ray.run.record import RunRecord
+from apet_ray.study.lr_search import sampled_entry
 
 
 def trial_name(trial) -> str:
-    """What the trial is, e.g. ``lora-s0`` or ``apet-add-discrete=lora-s1`` (set by run_study)."""
-    return trial.config["trial"].get("name", trial.trial_id)
+    """What the trial is, e.g. ``lora-s0`` or ``apet-add-discrete=lora-s1`` (set by run_study;
+    an lr search's trials add their lr)."""
+    return sampled_entry(trial.config).get("name", trial.trial_id)
 
 
 def trial_dirname(trial) -> str:
@@ -32,8 +34,10 @@ class ResultsWriter(Callback):
     """Writes each trial's rows when it ends. ``decided(tune_trial_id)`` says a trial was stopped
     because its answer was known (a threshold search's ``decided`` set)."""
 
-    def __init__(self, results: Path, study: str, code_version: str, decided=lambda tune_trial_id: False):
+    def __init__(self, results: Path, study: str, code_version: str, decided=lambda tune_trial_id: False,
+                 status: str | None = None):
         self.results, self.study, self.code_version, self.decided = results, study, code_version, decided
+        self.status = status  # e.g. "search" for every trial of an lr search
         self.written = 0
         self.ids: list[str] = []
 
@@ -41,7 +45,7 @@ class ResultsWriter(Callback):
         last = trial.last_result or {}
         if last.get("already_recorded"):
             return
-        tid = trial.config["trial"]["trial_id"]
+        tid = sampled_entry(trial.config)["trial_id"]
         if "record" not in last:
             print(f"[apet-ray] {trial_name(trial)} ended ({status}) before its first evaluation: no results written",
                   flush=True)
@@ -52,7 +56,7 @@ class ResultsWriter(Callback):
         self.ids.append(tid)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._write(trial, "decided" if self.decided(trial.trial_id) else "finished")
+        self._write(trial, self.status or ("decided" if self.decided(trial.trial_id) else "finished"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._write(trial, "error")

@@ -56,6 +56,9 @@ def study_arguments(description: str, defaults: dict, paper: dict | None = None)
                      help="stop trials that fall behind at ASHA rungs, ranked within each model and task; stopped "
                           "trials are recorded and listed in the report, not scored (default: every trial runs to the end)")
     how.add_argument("--max-concurrent", type=int, help="trials at a time (default: as many as the cluster holds)")
+    how.add_argument("--tune-lr", type=int, default=0, metavar="N",
+                     help="first choose each group's learning rate (a group: trials differing only in their seed) by an "
+                          "Optuna search of N trials with ASHA stopping (default: 0, the fixed lrs)")
     how.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     how.add_argument("--dry-run", action="store_true",
                      help="check every trial and print it, resolved (one line each), without starting Ray")
@@ -153,6 +156,7 @@ def trial_config(args: argparse.Namespace, model: str, task: str, seed: int, **f
 def study_config(args: argparse.Namespace, study: str, **extra) -> StudyConfig:
     return StudyConfig(study=study, results=args.results, address=args.address, resume=args.resume,
                        asha=args.asha, max_concurrent=args.max_concurrent, report=not args.no_report,
+                       tune_lr=args.tune_lr,
                        dry_run=args.dry_run, json=args.json, extra={"profile": args.profile, **extra})
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from apet_ray.errors import UserError
 from apet_ray.run.config import RunPlan, TrainConfig, check_config
+from apet_ray.study.lr_search import with_lr
 
 
 @dataclass
@@ -32,6 +33,7 @@ class StudyConfig:
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs hold
     cpus_per_worker: float | None = None  # None: 1 with workers=0; else 0.9 locally (0.1 is the trial driver's), 1 on a cluster
     report: bool = True  # write the report at the end
+    tune_lr: int = 0  # > 0: an Optuna lr search of this many trials per group first (study/lr_search.py)
     dry_run: bool = False  # print the resolved trials and stop, before Ray
     json: bool = False  # the dry run as one JSON list
     extra: dict = field(default_factory=dict)  # study-specific facts recorded with the results
@@ -82,6 +84,8 @@ def validate(study: StudyConfig, trials: list[TrainConfig]) -> list[RunPlan]:
 
     if not trials:
         raise UserError("the study has no trials")
+    if study.tune_lr < 0 or study.tune_lr == 1:
+        raise UserError(f"--tune-lr needs at least 2 trials per group (or 0 for the fixed learning rates), got {study.tune_lr}")
     if not study.dry_run:
         check_address(study.address)
     if len({cfg.workers for cfg in trials}) > 1:
@@ -133,6 +137,9 @@ def print_dry_run(study: StudyConfig, rows: list[dict]) -> None:
         print(f"{r['model']} / {r['task']} / {r['label']} / seed {r['seed']}: {r['delta_params']:,} deltas; "
               f"batch {r['batch_size']}, lr {r['lr']:g}, {r['max_steps']:,} steps (eval every {r['eval_every']:,}), "
               f"inputs <= {r['max_input_len']} tokens, train/eval examples {limits}, {r['workers']} worker(s)")
+    if study.tune_lr:
+        print(f"learning rates: tuned first, {study.tune_lr} Optuna trials (ASHA-stopped) per group of seeds "
+              f"(study/lr_search.py); the lr above is the untuned default")
     print(f"{study.study}: {len(rows)} trials (dry run: nothing started)")
 
 
@@ -143,7 +150,10 @@ def tune_trial(config: dict) -> None:
     ``workers=0`` the training itself, in this trial's process."""
     from ray import tune
 
-    record = Path(config["results"]) / "trials" / f"{config['trial']['trial_id']}.parquet"
+    from apet_ray.study.lr_search import sampled_entry
+
+    entry = sampled_entry(config)  # an lr search's trial: its sampled lr applied
+    record = Path(config["results"]) / "trials" / f"{entry['trial_id']}.parquet"
     if record.exists():
         # finished before an interruption that Tune's own state missed: never run it twice
         import pandas as pd
@@ -151,7 +161,7 @@ def tune_trial(config: dict) -> None:
         row = pd.read_parquet(record).iloc[0]
         tune.report({"score": float(row.final_score), "step": int(row.steps_run), "already_recorded": True})
         return
-    cfg = TrainConfig.from_dict(config["trial"]["train"])
+    cfg = TrainConfig.from_dict(entry["train"])
     if cfg.workers == 0:
         # No worker group: starting one (controller and worker processes, their imports)
         # costs ~20 s per trial on a laptop, a third of a one-minute trial (docs/benchmarks.md)
@@ -169,7 +179,7 @@ def tune_trial(config: dict) -> None:
 
     from apet_ray.run.launch import make_trainer
 
-    trainer = make_trainer(cfg, storage_path=config["train_storage"], name=config["trial"]["trial_id"],
+    trainer = make_trainer(cfg, storage_path=config["train_storage"], name=entry["trial_id"],
                            max_failures=1, cpus_per_worker=config["cpus_per_worker"],
                            use_gpu=config["use_gpu"], callbacks=[TuneReportCallback()])
     result = trainer.fit()
@@ -194,6 +204,59 @@ def _placement(study: StudyConfig, workers: int, most: int) -> tuple[dict, float
         per_trial = 0.1 + workers * cpus_per_worker
     capacity = int(resources.get("GPU", 0) // max(workers, 1)) if use_gpu else int(resources.get("CPU", 1) // per_trial)
     return trial_resources, cpus_per_worker, max(1, min(study.max_concurrent or capacity, most)), use_gpu
+
+
+def choose_lrs(study: StudyConfig, trials: list[TrainConfig]) -> list[float]:
+    """Each trial's group's tuned learning rate (``--tune-lr``), from one Optuna + ASHA Tune
+    experiment per group; its trials are written with status ``search``."""
+    from apet_ray.run.launch import init_ray
+    from apet_ray.study.lr_search import tune_learning_rates
+
+    results = Path(study.results).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    init_ray(study.address)
+    trial_resources, cpus_per_worker, concurrent, use_gpu = _placement(study, trials[0].workers, study.tune_lr)
+    static = {"results": str(results), "train_storage": str(results / "ray" / "train"), "cpus_per_worker": cpus_per_worker,
+              "use_gpu": use_gpu}
+
+    def run_search(name: str, cfg: TrainConfig, space) -> list[tuple[float, float, bool]]:
+        return _lr_search_experiment(study, name, cfg, space, trial_resources, static, concurrent)
+
+    return tune_learning_rates(study, trials, study.tune_lr, run_search)
+
+
+def _lr_search_experiment(study: StudyConfig, name: str, cfg: TrainConfig, space, trial_resources: dict, static: dict,
+                          concurrent: int) -> list[tuple[float, float, bool]]:
+    """One group's lr search: Optuna proposes, ASHA stops; (lr, final score, ran to the end) per trial."""
+    import shutil
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from apet_ray.run.launch import code_version
+    from apet_ray.study.callbacks import Progress, ResultsWriter, trial_dirname, trial_name
+
+    results = Path(static["results"])
+    shutil.rmtree(results / "ray" / name, ignore_errors=True)  # recorded trials are skipped by tune_trial
+    entry = {"trial_id": trial_id(cfg, name), "name": trial_names([cfg])[0], "group": f"{cfg.model} | {cfg.task}",
+             "train": cfg.to_dict()}
+    asha = ASHAScheduler(time_attr="step", max_t=cfg.max_steps, grace_period=cfg.eval_every * study.grace_evals,
+                         reduction_factor=2)
+    tuner = tune.Tuner(
+        tune.with_resources(tune_trial, trial_resources),
+        param_space={**static, "trial": entry, "lr_study": name, "lr": space},
+        tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=OptunaSearch(seed=cfg.seed), scheduler=asha,
+                                    num_samples=study.tune_lr, max_concurrent_trials=concurrent,
+                                    reuse_actors=cfg.workers == 0, trial_name_creator=trial_name,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=name, storage_path=str(results / "ray"), verbose=0,
+                                  callbacks=[ResultsWriter(results, name, code_version(), status="search"),
+                                             Progress(study.tune_lr, concurrent)],
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+    )
+    return [(float(r.config["lr"]), float(r.metrics.get("score", float("nan"))), int(r.metrics.get("step", 0)) >= cfg.max_steps)
+            for r in tuner.fit() if r.metrics]
 
 
 def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_trials: int | None = None,
@@ -223,6 +286,8 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     workers = trials[0].workers
     local = study.address in (None, "", "local")
     trial_resources, cpus_per_worker, concurrent, use_gpu = _placement(study, workers, len(trials) if searcher is None else 10**6)
+    if study.tune_lr and searcher is None:
+        trials = [with_lr(t, lr) for t, lr in zip(trials, choose_lrs(study, trials))]
     names = trial_names(trials)
     grid = [{"trial_id": trial_id(t, study.study), "name": name, "group": f"{t.model} | {t.task}", "train": t.to_dict()}
             for t, name in zip(trials, names)]

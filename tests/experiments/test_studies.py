@@ -206,3 +206,20 @@ def test_studies_take_a_task_file_of_three_classes_and_name_it_in_the_report(tmp
         table = trials(results)
         assert set(table.task) == {"tickets"} and set(table.random_guess.round(3)) == {0.333}
         assert "tickets" in (results / "report" / "report.md").read_text()
+
+
+def test_tune_lr_searches_each_group_with_optuna_and_asha_then_runs_the_chosen_lr(tmp_path):
+    done = study(tmp_path, "--max-steps", "4", "--workers", "0", "--apet-match", "lora", "--distributions", "discrete",
+                 "--tune-lr", "4", "--seeds", "0,1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    # FT, LoRA and APET-Discrete at LoRA's count: three groups, the two seeds of each share one search
+    assert done.stdout.count("[apet-ray] lr search") == 3
+    table = trials(tmp_path)
+    search, chosen = table[table.status == "search"], table[table.status != "search"]
+    assert len(search) == 12 and len(chosen) == 6 and set(chosen.status) == {"finished"}
+    for method, group in search.groupby("method"):
+        assert group.lr.nunique() == 4  # Optuna's samples, log-uniform in the family's range
+        assert group.lr.between(*((1e-6, 1e-3) if method == "ft" else (1e-4, 3e-2))).all()
+        ran = group[group.steps_run == 4] if (group.steps_run == 4).any() else group  # ASHA may stop some
+        best = ran[ran.final_score == ran.final_score.max()].lr.min()  # ties go to the smaller step
+        assert set(chosen[chosen.method == method].lr) == {best}  # both seeds at the chosen lr

@@ -42,3 +42,13 @@ def test_without_a_self_transfer_row_the_trials_score_is_used_and_noted(tmp_path
     data = prepare(results)
     assert data.transfer["relative_value"].tolist() == [pytest.approx(0.55 / 0.50)]
     assert any("own label set" in note for note in data.notes)
+
+
+def test_lr_search_trials_stay_out_of_the_report_and_their_cost_is_noted(tmp_path: Path) -> None:
+    put(tmp_path, trial_row("chosen", final_score=0.80, lr=3e-3))
+    put(tmp_path, trial_row("probe-1", final_score=0.55, lr=1e-4, status="search", steps_run=20, wall_time_s=30.0))
+    put(tmp_path, trial_row("probe-2", final_score=0.80, lr=3e-3, status="search", steps_run=40, wall_time_s=60.0))
+    results, _ = read_results(tmp_path)
+    data = prepare(results)
+    assert data.trials["trial_id"].tolist() == ["chosen"]
+    assert any("2 learning-rate search trial(s)" in n and "60 training steps" in n and "1.5 min" in n for n in data.notes)
