@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+from apet_ray.atomic import write_text
 from apet_ray.delta import DeltaSpec
 from apet_ray.errors import UserError
 from apet_ray.models import resolve
@@ -168,7 +169,7 @@ def run(argv=None):
           f"({len(searcher.decided)} stopped once decided, {len(searcher.abandoned)} once no longer needed), "
           f"{steps:,} training steps = {100 * steps / max(1, len(states) * len(grid) * args.max_steps):.0f}% of the "
           f"dense grid's, {time.time() - started:.0f} s", flush=True)
-    (results / "param_ablation.thresholds.json").write_text(json.dumps(
+    write_text(results / "param_ablation.thresholds.json", json.dumps(
         {"searches": summary, "steps": steps, "dense_grid_steps": len(states) * len(grid) * args.max_steps,
          "wall_s": round(time.time() - started, 1)}, indent=2))
     if not args.no_report:

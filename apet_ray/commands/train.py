@@ -10,6 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
+from apet_ray.atomic import copy_file, copy_folder, write_text
 from apet_ray.commands.params import add_spec_arguments, spec_from_args
 from apet_ray.errors import UserError
 from apet_ray.models import DEFAULT_MODEL
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     trial_id = f"train-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}"
     rows = rows_from_record(record, study="train", trial_id=trial_id, status="finished", code_version=code_version())
     write_trial(out, trial_id, rows.trial, rows.curves, rows.transfer)
-    (out / "run.json").write_text(json.dumps({"trial_id": trial_id, "record": record.to_dict()}, indent=2, default=str))
+    write_text(out / "run.json", json.dumps({"trial_id": trial_id, "record": record.to_dict()}, indent=2, default=str))
     print(f"[apet-ray] done: {record.metric} {record.final_score:.4f} (best {record.best_score:.4f}) "
           f"after {record.steps_run} steps in {record.wall_time_s:.0f} s; "
           f"deltas in {out / 'deltas.safetensors'}, record in {out / 'run.json'} and {out}/trials, curves")
@@ -83,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _checkpoints(folder: Path) -> list[Path]:
-    return sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    """The complete checkpoints, oldest first (a folder is renamed into place whole, and its
+    state.json is written last; anything else is a leftover)."""
+    steps = [p for p in folder.glob("step-*") if p.name.split("-")[1].isdigit() and (p / "state.json").is_file()]
+    return sorted(steps, key=lambda p: int(p.name.split("-")[1]))
 
 
 def _run_local(cfg, out: Path, resume: bool):
@@ -97,12 +101,12 @@ def _run_local(cfg, out: Path, resume: bool):
 
     def report(metrics: dict, folder: str | None) -> None:
         if folder:
-            shutil.copytree(folder, ckpts / f"step-{metrics['step']}", dirs_exist_ok=True)
+            copy_folder(folder, ckpts / f"step-{metrics['step']}")
             for old in _checkpoints(ckpts)[:-2]:
                 shutil.rmtree(old)
 
     record = train(cfg, report, restored)
-    shutil.copy(_checkpoints(ckpts)[-1] / "deltas.safetensors", out / "deltas.safetensors")
+    copy_file(_checkpoints(ckpts)[-1] / "deltas.safetensors", out / "deltas.safetensors")
     return record
 
 
@@ -121,5 +125,5 @@ def _run_ray(cfg, out: Path, args: argparse.Namespace):
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
     with result.checkpoint.as_directory() as folder:
-        shutil.copy(Path(folder) / "deltas.safetensors", out / "deltas.safetensors")
+        copy_file(Path(folder) / "deltas.safetensors", out / "deltas.safetensors")
     return RunRecord.from_dict(result.return_value)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apet_ray.atomic import write_text
 from apet_ray.errors import UserError
 from apet_ray.report.data import SCORE_COLUMNS, prepare
 from apet_ray.report.findings import Finding, judge
@@ -105,7 +106,7 @@ def make_report(
 
     findings = judge(data)
     findings_path = out / "findings.md"
-    findings_path.write_text(findings_markdown(findings), encoding="utf-8")
+    write_text(findings_path, findings_markdown(findings))
 
     summary = ReportSummary(
         out_dir=out,
@@ -118,7 +119,7 @@ def make_report(
         notes=data.notes,
         n_trials=len(results.trials),
     )
-    summary.index.write_text(_index(summary, root, data.score_column, results.files), encoding="utf-8")
+    write_text(summary.index, _index(summary, root, data.score_column, results.files))
     return summary
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from apet_ray.atomic import write_text
 from apet_ray.delta.methods import order_of
 from apet_ray.report.data import TASK_TYPE_ORDER, ReportData, seed_stats
 
@@ -128,7 +129,7 @@ def write_tables(data: ReportData, out_dir: Path) -> tuple[pd.DataFrame, list[Pa
     """Write table.md, table.csv and table.tex; return the numeric table and the paths."""
     table = results_table(data)
     paths = [out_dir / "table.md", out_dir / "table.csv", out_dir / "table.tex"]
-    paths[0].write_text(to_markdown(table, data.score_column), encoding="utf-8")
+    write_text(paths[0], to_markdown(table, data.score_column))
     table.to_csv(paths[1], index=False)
-    paths[2].write_text(to_latex(table, data.score_column), encoding="utf-8")
+    write_text(paths[2], to_latex(table, data.score_column))
     return table, paths

@@ -15,7 +15,6 @@ trials file is written last: its presence marks the trial as complete.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from apet_ray.atomic import replacing
 from apet_ray.errors import UserError
 from apet_ray.results.schema import ADDED_COLUMNS, SCHEMAS, TABLES, TRIAL_ID, to_table
 
@@ -44,34 +44,8 @@ class Results:
 def _atomic_write(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` so that readers see the old file or the new one, whole."""
     # the temp file starts with '.' and ends in '.tmp': the reader's '*.parquet' glob skips it
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # makes the rename itself durable; not possible on every platform, and harmless to skip
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_trial(

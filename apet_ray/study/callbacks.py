@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from apet_ray.errors import UserError
 from apet_ray.results import rows_from_record, write_trial
 from apet_ray.run.record import RunRecord
 from apet_ray.study.lr_search import sampled_entry
@@ -51,7 +52,12 @@ class ResultsWriter(Callback):
                   flush=True)
             return
         rows = rows_from_record(RunRecord.from_dict(last["record"]), self.study, tid, status, self.code_version)
-        write_trial(self.results, tid, rows.trial, rows.curves, rows.transfer)
+        try:
+            write_trial(self.results, tid, rows.trial, rows.curves, rows.transfer)
+        except OSError as exc:  # a full or read-only disk: nothing half-written stays (atomic.replacing)
+            raise UserError(f"cannot write the results of {trial_name(trial)} to {self.results}: "
+                            f"{exc.strerror or exc}; free space or fix the folder, then --resume (that trial "
+                            f"runs again from its last checkpoint)") from None
         self.written += 1
         self.ids.append(tid)
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apet_ray.atomic import owning, write_text
 from apet_ray.errors import UserError
 from apet_ray.run.config import RunPlan, TrainConfig, check_config
 from apet_ray.study.lr_search import with_lr
@@ -222,7 +223,8 @@ def choose_lrs(study: StudyConfig, trials: list[TrainConfig]) -> list[float]:
     def run_search(name: str, cfg: TrainConfig, space) -> list[tuple[float, float, bool]]:
         return _lr_search_experiment(study, name, cfg, space, trial_resources, static, concurrent)
 
-    return tune_learning_rates(study, trials, study.tune_lr, run_search)
+    with owning(results, study.study):
+        return tune_learning_rates(study, trials, study.tune_lr, run_search)
 
 
 def _lr_search_experiment(study: StudyConfig, name: str, cfg: TrainConfig, space, trial_resources: dict, static: dict,
@@ -272,7 +274,14 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     if study.dry_run:
         print_dry_run(study, dry_run_rows(trials, plans))
         return Path(study.results).resolve()
+    results = Path(study.results).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    with owning(results, study.study):  # a second study on this folder is refused, in one line
+        return _run_study(study, trials, results, searcher, max_trials, callbacks, stopper)
 
+
+def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, searcher, max_trials: int | None,
+               callbacks: tuple, stopper) -> Path:
     from ray import tune
 
     from apet_ray.study.asha import GroupedASHA
@@ -280,8 +289,6 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
 
     from apet_ray.run.launch import code_version, init_ray
 
-    results = Path(study.results).resolve()
-    results.mkdir(parents=True, exist_ok=True)
     init_ray(study.address)
     workers = trials[0].workers
     local = study.address in (None, "", "local")
@@ -295,7 +302,7 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     print(f"[apet-ray] {study.study}: {len(grid) if searcher is None else 'searched'} trials, up to {concurrent} at a time, "
           f"{how}{' on GPUs' if use_gpu else ''}; ASHA {'on, per model and task' if study.asha else 'off'}; "
           f"results in {results}{'; dashboard http://127.0.0.1:8265' if local else ''}", flush=True)
-    (results / f"{study.study}.study.json").write_text(json.dumps(
+    write_text(results / f"{study.study}.study.json", json.dumps(
         {"study": study.study, "trials": [g["trial_id"] for g in grid], "extra": study.extra,
          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "code_version": code_version()}, indent=2, default=str))
 
