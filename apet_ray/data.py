@@ -15,7 +15,7 @@ from apet_ray.tasks import Example, Task, to_text
 
 @dataclass
 class Encoded:
-    """Token ids of a split. ``labels``: class ids (BERT) or target token ids (T5)."""
+    """Token ids of a split. ``labels``: class ids (BERT) or target token ids (T5, decoder-only)."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
@@ -36,6 +36,11 @@ def encode(task: Task, examples: list[Example], tokenizer, family: str, max_inpu
         return Encoded(enc["input_ids"], enc.get("token_type_ids"), [e.label for e in examples], examples)
     sources, targets = zip(*(to_text(task, e) for e in examples))
     src = tokenizer(list(sources), truncation=True, max_length=limit)["input_ids"]
+    if family == "causal":  # the target continues the source: no BOS inside, an EOS to stop at
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        tgt = [ids[: max_target_len - 1] + [eos] for ids in
+               tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
+        return Encoded(src, None, tgt, list(examples))
     tgt = tokenizer(list(targets), truncation=True, max_length=max_target_len)["input_ids"]
     # T5 tokenizers end each sequence with </s>; the WordPiece tokenizer of the tiny
     # presets ends it with [SEP], which the tiny-t5 config takes as its eos id.

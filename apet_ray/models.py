@@ -4,10 +4,12 @@ random-initialised preset -- wrapped for the two ways the paper uses a model.
 - ``EncoderClassifier`` (BERT family: SA, NLI, PI): mean-pooled encoder states -> a linear
   head. The head always trains and is counted in ``trainable_params``; ``delta_params``
   excludes it so that budgets compare structures, not heads.
+- ``CausalLM`` (decoder-only: Llama, Qwen2, Mistral, OPT): text-to-text as T5 is, the target
+  continuing the source.
 - ``Seq2SeqLM`` (T5 family): text-to-text; labels are words, generation is scored by the
   task's metric.
 
-Both keep the Hugging Face model as ``.backbone`` and hold an optional ``.prompt`` that
+All keep the Hugging Face model as ``.backbone`` and hold an optional ``.prompt`` that
 the delta engine fills for prompt tuning (soft tokens before the input embeddings).
 """
 
@@ -25,7 +27,8 @@ import torch
 import transformers
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig, T5Config, T5ForConditionalGeneration
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig, LlamaConfig,
+                          PretrainedConfig, T5Config, T5ForConditionalGeneration)
 
 from apet_ray.delta.architectures import family_for_model_type
 from apet_ray.errors import UserError
@@ -53,13 +56,18 @@ TINY = {
         feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=102,
         decoder_start_token_id=0,
     ),
+    "tiny-llama": lambda: LlamaConfig(
+        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, bos_token_id=101, eos_token_id=102,
+        tie_word_embeddings=False, attention_dropout=0.0,
+    ),
 }
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    family: str  # bert | t5
+    family: str  # how the model is used: bert | t5 | causal (delta.architectures.Family.kind)
     pretrained: bool
     source: str  # preset | packaged | local | hub
 
@@ -129,6 +137,71 @@ class Seq2SeqLM(nn.Module):
         return out[:, 1:]
 
 
+class CausalLM(nn.Module):
+    """A decoder-only LM used text-to-text, as ``Seq2SeqLM`` is: ``forward`` takes the source
+    ids and the target ids (``labels``, -100 padded) and scores the target after the source;
+    ``generate`` continues each source greedily. Batches come right-padded (``data.collate``);
+    each row is re-laid out here with its target (or generation) right after its own tokens.
+    """
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.prompt: nn.Module | None = None
+
+    def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        embeds = self.backbone.get_input_embeddings()(ids)
+        if self.prompt is not None:
+            embeds, mask = self.prompt.prepend(embeds, mask)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
+        logits = self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        return logits[:, -ids.shape[1]:]  # the tokens' positions, not the soft prompt's
+
+    def forward(self, input_ids, attention_mask, labels=None, **_) -> dict:
+        lengths = attention_mask.sum(-1).tolist()
+        targets = [[t for t in row if t != -100] for row in labels.tolist()] if labels is not None else None
+        rows = [input_ids[i, :n].tolist() + (targets[i] if targets else []) for i, n in enumerate(lengths)]
+        ids, mask = _left_pad(rows, input_ids.new_tensor, self.backbone.config.pad_token_id or 0)
+        logits = self._run(ids, mask)
+        out = {"logits": logits}
+        if targets is not None:
+            width = ids.shape[1]
+            gold = torch.full_like(ids, -100)
+            for i, t in enumerate(targets):
+                if t:
+                    gold[i, width - len(t):] = torch.tensor(t, device=ids.device)
+            # position j predicts token j + 1
+            out["loss"] = nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                                      gold[:, 1:].reshape(-1), ignore_index=-100)
+        return out
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation for exactly ``max_new_tokens`` steps (finished rows emit padding):
+        every FSDP rank joins the same collectives, as ``Seq2SeqLM.generate``."""
+        config = self.backbone.config
+        pad = config.pad_token_id or 0
+        rows = [input_ids[i, :n].tolist() for i, n in enumerate(attention_mask.sum(-1).tolist())]
+        ids, mask = _left_pad(rows, input_ids.new_tensor, pad)
+        out = []
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            token = self._run(ids, mask)[:, -1].argmax(-1)
+            token = torch.where(done, pad, token)
+            out.append(token)
+            done |= token == config.eos_token_id
+            ids = torch.cat([ids, token[:, None]], 1)
+            mask = torch.cat([mask, (~done | (token == config.eos_token_id)).long()[:, None]], 1)
+        return torch.stack(out, 1) if out else input_ids[:, :0]
+
+
+def _left_pad(rows: list[list[int]], tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
 # ---- resolving names --------------------------------------------------------------------
 
 def minilm_path() -> Path:
@@ -149,14 +222,14 @@ def _verified(path: Path) -> Path:
 def resolve(name: str) -> tuple[str | Path, ModelInfo]:
     """Where a model name points: a preset, the packaged model, a local folder or the hub."""
     if name in TINY:
-        return name, ModelInfo(name, "bert" if "bert" in name else "t5", pretrained=False, source="preset")
+        return name, ModelInfo(name, family_for_model_type(TINY[name]().model_type).kind, pretrained=False, source="preset")
     if name in MINILM_NAMES:
         return minilm_path(), ModelInfo("all-MiniLM-L6-v2", "bert", pretrained=True, source="packaged")
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} has no config.json: not a model folder")
-        fam = family_for_model_type(AutoConfig.from_pretrained(path).model_type).name
+        fam = family_for_model_type(AutoConfig.from_pretrained(path).model_type).kind
         has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
         return path, ModelInfo(str(path), fam, pretrained=has_weights, source="local")
     if path.suffix or name.startswith((".", "/")):
@@ -176,7 +249,7 @@ def load_config(name: str) -> tuple[PretrainedConfig, ModelInfo]:
         config = AutoConfig.from_pretrained(where, **_hub_kwargs(info))
     except OSError as exc:
         raise UserError(f"cannot load model {name!r}: not a preset ({', '.join(TINY)}), local folder or reachable hub model ({str(exc).splitlines()[0]})") from None
-    return config, ModelInfo(info.name, family_for_model_type(config.model_type).name, info.pretrained, info.source)
+    return config, ModelInfo(info.name, family_for_model_type(config.model_type).kind, info.pretrained, info.source)
 
 
 def load_tokenizer(name: str):
@@ -192,8 +265,8 @@ def load_tokenizer(name: str):
 def build_model(name: str, num_labels: int | None = None, device: str | torch.device = "cpu", seed: int = 0) -> tuple[nn.Module, ModelInfo]:
     """The wrapped model. ``device="meta"`` builds from the config alone (for counting).
 
-    BERT family: a classifier with ``num_labels`` outputs; T5 family: text-to-text
-    (``num_labels`` is not used).
+    BERT family: a classifier with ``num_labels`` outputs; T5 and decoder-only (causal)
+    families: text-to-text (``num_labels`` is not used).
     """
     config, info = load_config(name)
     if info.family == "bert" and not num_labels:
@@ -210,12 +283,18 @@ def build_model(name: str, num_labels: int | None = None, device: str | torch.de
             else:
                 backbone = _pretrained(AutoModel, where, name, info, add_pooling_layer=False)
             model = EncoderClassifier(backbone, num_labels)
-        else:
+        elif info.family == "t5":
             if meta or not info.pretrained:
                 backbone = _untie_head(T5ForConditionalGeneration(config), where)
             else:
                 backbone = _pretrained(T5ForConditionalGeneration, where, name, info)
             model = Seq2SeqLM(backbone)
+        else:
+            if meta or not info.pretrained:
+                backbone = AutoModelForCausalLM.from_config(config)
+            else:
+                backbone = _pretrained(AutoModelForCausalLM, where, name, info)
+            model = CausalLM(backbone)
     if not meta:
         model.to(device)
     if not info.pretrained and not meta:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, T5Config, T5ForConditionalGeneration
+from transformers import (BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, T5Config, T5ForConditionalGeneration)
 
-from apet_ray.models import EncoderClassifier, Seq2SeqLM
+from apet_ray.models import CausalLM, EncoderClassifier, Seq2SeqLM
 
 SHARED = Path(os.environ.get("APET_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve()
 
@@ -24,6 +25,25 @@ def t5_config(**kw) -> T5Config:
     base = dict(vocab_size=120, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2, num_decoder_layers=2,
                 feed_forward_proj="gated-gelu", dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     return T5Config(**{**base, **kw})
+
+
+# decoder-only families: d=32, d_ff=48, 2 layers, 4 heads (2 key/value heads where grouped)
+_DECODER = dict(vocab_size=120, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+DECODERS = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**_DECODER, num_key_value_heads=2)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**_DECODER, num_key_value_heads=2)),
+    "opt": lambda: OPTForCausalLM(OPTConfig(vocab_size=120, hidden_size=32, ffn_dim=48, word_embed_proj_dim=32,
+                                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
+                                            pad_token_id=0, bos_token_id=1, eos_token_id=2, dropout=0.0,
+                                            attention_dropout=0.0, tie_word_embeddings=False,
+                                            activation_function="gelu")),  # ReLU units die by data (test_plan)
+}
+
+
+def tiny_decoder(family: str, seed: int = 0) -> CausalLM:
+    torch.manual_seed(seed)
+    return CausalLM(DECODERS[family]().eval()).eval()
 
 
 def tiny_bert(seed: int = 0) -> BertModel:

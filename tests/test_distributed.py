@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from transformers import BertModel, T5ForConditionalGeneration
+from transformers import BertModel, LlamaForCausalLM, T5ForConditionalGeneration
 
 from apet_ray.delta import DeltaSpec
 from apet_ray.models import TINY, minilm_path
@@ -27,7 +27,9 @@ DATA = str(Path(__file__).parent / "fixtures" / "data")
 def _saved(kind: str, folder: Path) -> Path:
     """A tiny random model saved as a real model folder: safetensors weights, the MiniLM tokenizer."""
     torch.manual_seed(0)
-    model = BertModel(TINY["tiny-bert"](), add_pooling_layer=False) if kind == "bert" else T5ForConditionalGeneration(TINY["tiny-t5"]())
+    model = {"bert": lambda: BertModel(TINY["tiny-bert"](), add_pooling_layer=False),
+             "t5": lambda: T5ForConditionalGeneration(TINY["tiny-t5"]()),
+             "llama": lambda: LlamaForCausalLM(TINY["tiny-llama"]())}[kind]()
     model.save_pretrained(folder)
     for f in minilm_path().iterdir():
         if f.is_file() and "token" in f.name or f.name == "vocab.txt":
@@ -66,7 +68,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind,method", [("bert", "lora"), ("bert", "apet"), ("t5", "prompt"), ("t5", "bitfit")])
+@pytest.mark.parametrize("kind,method", [("bert", "lora"), ("bert", "apet"), ("t5", "prompt"), ("t5", "bitfit"),
+                                         ("llama", "lora"), ("llama", "prompt")])
 def test_each_rank_holds_only_its_shard_and_the_run_matches_one_process(tmp_path, kind, method):
     cfg = _config(_saved(kind, tmp_path / "model"), method)
     reference = train(TrainConfig(**{**cfg.__dict__, "strategy": "none"}), lambda metrics, folder: None)

@@ -144,3 +144,32 @@ def test_resume_refuses_other_training_settings_but_may_run_longer(tmp_path):
         train(tiny(max_steps=8, lr=0.5), Recorder(tmp_path / "b"), read_checkpoint(first.folders[-1]))
     longer = train(tiny(max_steps=8), Recorder(tmp_path / "c"), read_checkpoint(first.folders[-1]))
     assert longer.steps_run == 8 and longer.config["max_steps"] == 8 and longer.finished
+
+
+def _task_file(tmp_path: Path, kind: str):
+    """A small NLI (two inputs, three classes) or SUM (generation) task of one's own."""
+    from apet_ray.tasks import read_task_file
+
+    if kind == "nli":
+        rows = [("a cat sits", "an animal sits", "yes"), ("it rains", "it is dry", "no"),
+                ("he runs", "he moves", "maybe")] * 8
+        (tmp_path / "nli.csv").write_text("premise,claim,gold\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+        spec = "train: nli.csv\ntext_columns: [premise, claim]\nlabel_column: gold\ntype: nli\n"
+    else:
+        rows = [("the meeting moved to friday at noon", "meeting friday"), ("lunch is at one today", "lunch at one")] * 12
+        (tmp_path / "notes.csv").write_text("note,gist\n" + "".join(f"{a},{b}\n" for a, b in rows))
+        spec = "train: notes.csv\ntext_columns: [note]\ntarget_column: gist\ntype: sum\nmax_target_len: 8\n"
+    (tmp_path / f"{kind}.yaml").write_text(spec)
+    return read_task_file(tmp_path / f"{kind}.yaml")
+
+
+@pytest.mark.parametrize("kind", ["sa", "nli", "sum"])
+def test_a_decoder_only_model_trains_end_to_end(tmp_path, kind):
+    task, custom = ("sst2", None) if kind == "sa" else _task_file(tmp_path, kind)
+    cfg = tiny(model="tiny-llama", task=task, custom=custom, spec=DeltaSpec.pet("lora"), max_steps=6, eval_every=3,
+               eval_limit=8, lr=1e-2, data_dir=DATA if kind == "sa" else None)
+    out = train(cfg, Recorder(tmp_path))
+    assert out.family == "causal" and out.random_guess == 0.0 and out.steps_run == 6
+    losses = [h["loss"] for h in out.history]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]  # it learns the targets
+    assert 0.0 <= out.final_score <= 1.0

@@ -54,6 +54,7 @@ def _decoder_only(*paths: str) -> Callable[[nn.Module, str], list[str]]:
 class Family:
     name: str
     model_types: tuple[str, ...]
+    kind: str  # how the model is used: bert (encoder + classifier head), t5 (text-to-text), causal (decoder-only)
     stacks: tuple[str, ...]  # paths of the ModuleLists of blocks
     roles: RolePaths
     input_embeddings: str  # the token embedding a prompt is prepended to
@@ -71,6 +72,7 @@ class Family:
 BERT = Family(
     name="bert",
     model_types=("bert", "roberta", "xlm-roberta", "electra"),
+    kind="bert",
     stacks=("encoder.layer",),
     roles={
         "query": _at("attention.self.query"),
@@ -93,6 +95,7 @@ BERT = Family(
 T5 = Family(
     name="t5",
     model_types=("t5", "mt5", "umt5"),
+    kind="t5",
     stacks=("encoder.block", "decoder.block"),
     roles={
         "query": _at("layer.0.SelfAttention.q"),
@@ -128,7 +131,53 @@ T5 = Family(
     ),
 )
 
-FAMILIES = (BERT, T5)
+_CAUSAL_LINEAR = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+
+# Llama-style decoders (Llama, Qwen2/3, Mistral): q/k/v/o, a gated FFN, RMS norms.
+LLAMA = Family(
+    name="llama",
+    model_types=("llama", "qwen2", "qwen3", "mistral"),
+    kind="causal",
+    stacks=("model.layers",),
+    roles={
+        "query": _at("self_attn.q_proj"),
+        "key": _at("self_attn.k_proj"),
+        "value": _at("self_attn.v_proj"),
+        "attn_out": _at("self_attn.o_proj"),
+        "ffn_in": _at("mlp.gate_proj", "mlp.up_proj"),
+        "ffn_out": _at("mlp.down_proj"),
+        "norm": _at("input_layernorm", "post_attention_layernorm"),
+    },
+    input_embeddings="model.embed_tokens",
+    norms_outside_blocks=("model.norm",),
+    linear_roles=_CAUSAL_LINEAR,
+    # as the release does for T5: a zero bias on every linear layer of the blocks (not on the
+    # LM head: a vocabulary-sized bias would outweigh everything else, 150k values on Qwen2)
+    bitfit_roles=_CAUSAL_LINEAR,
+)
+
+# OPT (the release's vendored decoder): LayerNorms with biases, fc1/fc2.
+OPT = Family(
+    name="opt",
+    model_types=("opt",),
+    kind="causal",
+    stacks=("model.decoder.layers",),
+    roles={
+        "query": _at("self_attn.q_proj"),
+        "key": _at("self_attn.k_proj"),
+        "value": _at("self_attn.v_proj"),
+        "attn_out": _at("self_attn.out_proj"),
+        "ffn_in": _at("fc1"),
+        "ffn_out": _at("fc2"),
+        "norm": _at("self_attn_layer_norm", "final_layer_norm"),
+    },
+    input_embeddings="model.decoder.embed_tokens",
+    norms_outside_blocks=("model.decoder.final_layer_norm",),
+    linear_roles=_CAUSAL_LINEAR,
+    bitfit_roles=_CAUSAL_LINEAR,  # the release's OPT BitFit: every "bias" (OPT's head has none)
+)
+
+FAMILIES = (BERT, T5, LLAMA, OPT)
 
 # Roles that are not a module inside blocks but a group the engine expands itself.
 GROUP_ROLES = {

@@ -131,9 +131,11 @@ def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[tuple[str,
             if spec.op == "concat":
                 hosts.append(("prompt", "", None))
             elif spec.op == "add":
-                if fam.name == "t5":  # one table serves encoder, decoder and (tied) LM head
-                    raise UserError("add at 'embeddings' is not supported on T5: its token table is shared by the "
-                                    "encoder, the decoder and the tied LM head (use concat for a prompt)")
+                head = backbone.get_output_embeddings() if fam.kind != "bert" else None
+                if fam.kind == "t5" or (head is not None and head.weight is backbone.get_input_embeddings().weight):
+                    # one table serves the inputs and the (tied) LM head
+                    raise UserError(f"add at 'embeddings' is not supported on {fam.name}: its token table is shared "
+                                    "with the output layer (use concat for a prompt)")
                 hosts.append(("param", fam.input_embeddings, "weight"))
             else:
                 raise UserError("a plugin cannot sit on the input embeddings (use concat for a prompt)")

@@ -20,7 +20,7 @@ from apet_ray.thresholds import LEARN_MARGIN, baseline, learned
 SCORE_COLUMNS = {"final": "final_score", "best": "best_score"}
 METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "rougeL": "ROUGE-L"}
 TASK_TYPE_ORDER = {"SA": 0, "NLI": 1, "PI": 2, "QA": 3, "SUM": 4}
-FAMILY_LABELS = {"bert": "BERT", "t5": "T5"}
+FAMILY_LABELS = {"bert": "BERT", "t5": "T5", "causal": "decoder-only"}
 
 
 def _text(value: object) -> str:

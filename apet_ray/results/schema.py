@@ -119,7 +119,7 @@ ADDED_COLUMNS = {"trials": ("family", "majority", "tokens_per_s", "peak_memory_m
 DISTRIBUTIONS = tuple(d for d in SPEC_DISTRIBUTIONS if d != "full")  # PET rows leave it empty
 METRICS = ("accuracy", "f1", "rougeL")
 STATUSES = ("finished", "early_stopped", "decided", "search", "error")
-FAMILIES = ("bert", "t5")
+FAMILIES = ("bert", "t5", "causal")
 _CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "method": method_names,
     "op": lambda: OPS,

@@ -33,7 +33,7 @@ def predict(model, task: Task, data: Encoded, family: str, tokenizer, batch_size
     n = len(data)
     per = math.ceil(n / world)
     mine = [min(i, n - 1) for i in range(rank * per, (rank + 1) * per)]
-    label_ids = label_token_ids(task, tokenizer) if family == "t5" and task.is_classification else None
+    label_ids = label_token_ids(task, tokenizer) if family != "bert" and task.is_classification else None
     gen_len = max(task.max_gen_len, max((len(ids) for ids in label_ids), default=0)) if label_ids else task.max_gen_len
     preds = []
     was_training = model.training

@@ -58,7 +58,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     base_lr, prompt_lr = cfg.learning_rates()
     record = RunRecord(
         config=cfg.to_dict(), model=info.name, family=info.family, task=task.name, task_type=task.type,
-        metric=task.metric, random_guess=0.0 if info.family == "t5" else task.random_guess,  # SPEC §5
+        metric=task.metric, random_guess=0.0 if info.family != "bert" else task.random_guess,  # SPEC §5: generators
         majority=majority_rate(eval_data.examples) if task.is_classification else None,
         lr=base_lr, strategy="", workers=world, trainable_params=count_trainable(model),
         delta_params=count_deltas(model), total_params=count_backbone(model), requested_params=plan.requested)
