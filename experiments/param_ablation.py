@@ -84,7 +84,8 @@ def run(argv=None):
     run_study(ft_study, ft)
     if args.dry_run:
         for m, t, s, op, dist in searches:
-            print(f"search {m} / {t} / APET-{dist.capitalize()} ({op}) / seed {s}: bisection over {len(grid)} counts "
+            shown = config(m, t, s, DeltaSpec.pet("ft", seed=s)).task  # a task file's own name
+            print(f"search {m} / {shown} / APET-{dist.capitalize()} ({op}) / seed {s}: bisection over {len(grid)} counts "
                   f"{grid[0]:,} .. {grid[-1]:,} ({args.per_decade} per decade), low threshold: > baseline + {args.margin}, "
                   f"high: >= FT - {args.tol}")
         return
