@@ -50,7 +50,7 @@ def run(code: Path, results: Path, slots: int, *flags: str) -> float:
     cmd = [sys.executable, "-c", LAUNCH, str(code / "experiments" / "param_ablation.py"), "--results", str(results),
            "--no-report", *flags]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)  # cwd first on sys.path
     if done.returncode != 0:
         raise SystemExit(f"{code.name}: param_ablation failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - t0

@@ -8,6 +8,7 @@ from the loop: ``train_on_session(ray.train | ray.tune, cfg) -> train(cfg, repor
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -56,6 +57,8 @@ def check_address(address: str | None) -> None:
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
     import ray
 
+    # Tune's end-of-run analysis looks for result.json, which RAY_ENV turns off: its warning is noise
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
