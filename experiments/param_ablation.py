@@ -20,6 +20,7 @@ saved to RESULTS/param_ablation.thresholds.json.
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from apet_ray.atomic import write_text
@@ -93,7 +94,8 @@ def run(argv=None):
     # 2. every search in one Tune experiment: free slots go to the open intervals of all of them
     tables, _ = read_results(results)
     trials = tables.trials
-    states, facts = {}, {}
+    states: dict[str, SearchState] = {}
+    facts: dict[str, Search] = {}
     for m, t, s, op, dist in searches:
         reference = config(m, t, s, DeltaSpec.pet("ft", seed=s))
         model_name, task_name = resolve(reference.model)[1].name, reference.task  # as runs record them
@@ -113,25 +115,26 @@ def run(argv=None):
         for _, row in done.iterrows():
             if int(row.delta_params) in grid:
                 state.record(grid.index(int(row.delta_params)), float(row.final_score))
-        states[name], facts[name] = state, (m, t, s, op, dist, random_guess, base, ft_score, model_name, task_name)
+        states[name] = state
+        facts[name] = Search(m, t, s, op, dist, random_guess, base, ft_score, model_name, task_name)
 
     lr_of = {}
     if args.tune_lr and not args.dense:
         # once per structure (and model, task), at the grid's middle count: tuning every probe
         # would multiply the search's cost by --tune-lr, and a probe's lr must not decide its count
         middle = grid[len(grid) // 2]
-        refs = {name: config(m, t, s, DeltaSpec.apet(op, dist, budget=middle, seed=s))
-                for name, (m, t, s, op, dist, *_) in facts.items()}
+        refs = {name: config(f.model, f.task, f.seed, DeltaSpec.apet(f.op, f.dist, budget=middle, seed=f.seed))
+                for name, f in facts.items()}
         tuning = study_config(args, SEARCH_STUDY)
         tuning.results = str(results)
         lr_of = dict(zip(refs, choose_lrs(tuning, list(refs.values()))))
 
     def make(name, count):
-        m, t, s, op, dist = facts[name][:5]
-        cfg = config(m, t, s, DeltaSpec.apet(op, dist, budget=count, seed=s))
+        f = facts[name]
+        cfg = config(f.model, f.task, f.seed, DeltaSpec.apet(f.op, f.dist, budget=count, seed=f.seed))
         if name in lr_of:
             cfg = with_lr(cfg, lr_of[name])
-        return {"trial_id": trial_id(cfg, name), "name": f"apet-{op}-{dist}-{count}-s{s}",
+        return {"trial_id": trial_id(cfg, name), "name": f"apet-{f.op}-{f.dist}-{count}-s{f.seed}",
                 "group": f"{cfg.model} | {cfg.task}", "train": cfg.to_dict()}
 
     searcher = ThresholdSearcher(states, make)
@@ -143,26 +146,26 @@ def run(argv=None):
         study.asha, study.report, study.resume = False, False, False
         study.results = str(results)
         _fresh_tune_dir(results, SEARCH_STUDY)
-        first = next(iter(facts.values()))
-        run_study(study, [config(*first[:3], DeltaSpec.apet(first[3], first[4], budget=grid[0], seed=first[2]))],
+        f = next(iter(facts.values()))
+        run_study(study, [config(f.model, f.task, f.seed, DeltaSpec.apet(f.op, f.dist, budget=grid[0], seed=f.seed))],
                   searcher=searcher, stopper=DecidedProbes(searcher))
     summary = []
     for name, state in states.items():
-        m, t, s, op, dist, random_guess, base, ft_score, _, task_name = facts[name]
+        f = facts[name]
         probes = len(state.scores)
         low, high = (_dense_thresholds(state, args) if args.dense
                      else (state.threshold(state.low), state.threshold(state.high)))
         record = {
-            "model": m, "task": task_name, "seed": s, "structure": f"{op}-{dist}", "random_guess": random_guess,
-            "baseline": base,
-            "margin": args.margin, "ft_score": ft_score, "tol": args.tol, "grid": grid,
+            "model": f.model, "task": f.task_name, "seed": f.seed, "structure": f"{f.op}-{f.dist}",
+            "random_guess": f.random_guess, "baseline": f.baseline,
+            "margin": args.margin, "ft_score": f.ft_score, "tol": args.tol, "grid": grid,
             "low_threshold": low, "high_threshold": high,
             "probes": {grid[i]: v for i, v in sorted(state.scores.items())}, "trials": len(searcher.probes[name]),
             "dense_grid_steps": len(grid) * args.max_steps,
         }
         summary.append(record)
-        print(f"[apet-ray] {m} / {task_name} / {op}-{dist} / seed {s}: low threshold {record['low_threshold']}, "
-              f"high threshold {record['high_threshold']} (FT {ft_score:.3f}, baseline {base:.2f}); "
+        print(f"[apet-ray] {f.model} / {f.task_name} / {f.op}-{f.dist} / seed {f.seed}: low threshold {low}, "
+              f"high threshold {high} (FT {f.ft_score:.3f}, baseline {f.baseline:.2f}); "
               f"{probes} of {len(grid)} grid counts scored", flush=True)
     steps = _steps_trained(results)
     print(f"[apet-ray] {'dense grid' if args.dense else 'threshold search'}: "
@@ -177,10 +180,26 @@ def run(argv=None):
         print("\n".join(make_report(results, results / "report").lines()), flush=True)
 
 
-def _run_dense_grid(args, results: Path, states: dict, facts: dict, config) -> None:
+@dataclass(frozen=True)
+class Search:
+    """One threshold search: what it searches on, and its FT reference and baseline."""
+
+    model: str  # as given on the command line
+    task: str  # a task name or a task file, as given
+    seed: int
+    op: str
+    dist: str
+    random_guess: float
+    baseline: float  # the larger of random guessing and the majority class (thresholds.baseline)
+    ft_score: float
+    model_name: str  # as runs record them
+    task_name: str
+
+
+def _run_dense_grid(args, results: Path, states: dict[str, SearchState], facts: dict[str, "Search"], config) -> None:
     """Every count of every search, as one grid study; the scores go into the states."""
-    trials = [config(m, t, s, DeltaSpec.apet(op, dist, budget=count, seed=s))
-              for m, t, s, op, dist, *_ in facts.values() for count in next(iter(states.values())).grid]
+    trials = [config(f.model, f.task, f.seed, DeltaSpec.apet(f.op, f.dist, budget=count, seed=f.seed))
+              for f in facts.values() for count in next(iter(states.values())).grid]
     study = study_config(args, SEARCH_STUDY)
     study.asha, study.report, study.resume = False, False, False
     study.results = str(results)
@@ -188,10 +207,10 @@ def _run_dense_grid(args, results: Path, states: dict, facts: dict, config) -> N
     run_study(study, trials)
     table = read_results(results)[0].trials
     for name, state in states.items():
-        m, t, s, op, dist, *_, model_name, task_name = facts[name]
-        rows = table[(table.study == SEARCH_STUDY) & (table.model == model_name) & (table.seed == s)
-                     & (table.task == task_name) & (table.op == op)
-                     & (table.distribution == dist) & (table.status == "finished")]
+        f = facts[name]
+        rows = table[(table.study == SEARCH_STUDY) & (table.model == f.model_name) & (table.seed == f.seed)
+                     & (table.task == f.task_name) & (table.op == f.op)
+                     & (table.distribution == f.dist) & (table.status == "finished")]
         for row in rows.itertuples():
             if int(row.delta_params) in state.grid:
                 state.scores[state.grid.index(int(row.delta_params))] = float(row.final_score)
