@@ -32,11 +32,13 @@ def test_a_tied_t5_stays_tied(tmp_path, tie):
     assert count_backbone(counted) == count_backbone(loaded)
 
 
-def test_the_second_real_size_is_one_extra_away():
+def test_the_second_real_size_is_one_extra_away(tmp_path, monkeypatch):
     import importlib.metadata as metadata
 
     from apet_ray.errors import UserError
     from apet_ray.models import MPNET_PARTS, resolve
+
+    monkeypatch.setenv("APET_RAY_CACHE", str(tmp_path))  # an unpacked copy elsewhere must not hide the extra
 
     try:
         metadata.distribution(MPNET_PARTS[0])
@@ -45,5 +47,7 @@ def test_the_second_real_size_is_one_extra_away():
             resolve("mpnet")
         assert "\n" not in str(info.value)
         return
-    model, info = build_model("mpnet", num_labels=2, device="meta")  # installed: the real weights' config
+    model, info = build_model("mpnet", num_labels=2, device="meta")  # installed: joined, unpacked, checked
     assert info.name == "all-mpnet-base-v2" and info.family == "bert" and count_backbone(model) == 108_895_872
+    assert (tmp_path / "all-mpnet-base-v2" / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-unpacked leftovers
