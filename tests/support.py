@@ -67,6 +67,25 @@ def tiny_seq2seq(seed: int = 0) -> Seq2SeqLM:
     return Seq2SeqLM(tiny_t5(seed)).eval()
 
 
+def same_lora_weights(peft_model, ours, prefix: str = "") -> None:
+    """Give a peft LoRA model and ours the same non-zero LoRA weights (B starts at zero,
+    which would prove nothing), layer by layer; ``prefix`` is stripped from our names."""
+    from apet_ray.delta.layers import DeltaLinear
+
+    g = torch.Generator().manual_seed(0)
+    theirs = {n: m for n, m in peft_model.base_model.model.named_modules() if hasattr(m, "lora_A")}
+    mine = {n.removeprefix(prefix): m for n, m in ours.named_modules() if isinstance(m, DeltaLinear)}
+    assert set(theirs) == set(mine)
+    with torch.no_grad():
+        for name, layer in theirs.items():
+            A = torch.randn(layer.lora_A["default"].weight.shape, generator=g) * 0.1
+            B = torch.randn(layer.lora_B["default"].weight.shape, generator=g) * 0.1
+            layer.lora_A["default"].weight.copy_(A)
+            layer.lora_B["default"].weight.copy_(B)
+            mine[name].lowrank.A.values.copy_(A.flatten())
+            mine[name].lowrank.B.values.copy_(B.flatten())
+
+
 def shared_or_skip(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

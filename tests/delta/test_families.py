@@ -9,10 +9,9 @@ import torch
 
 from apet_ray.delta import DeltaSpec, attach, count_deltas, load_deltas, save_deltas
 from apet_ray.delta.architectures import family_of
-from apet_ray.delta.layers import DeltaLinear
 from apet_ray.delta.masked import MaskedTensor
 from apet_ray.errors import UserError
-from support import DECODERS, tiny_decoder
+from support import DECODERS, same_lora_weights, tiny_decoder
 
 FAMILIES = sorted(DECODERS)
 KV = {"llama": 16, "qwen2": 16, "opt": 32}  # key/value width: grouped heads (2 of 4) or full
@@ -75,18 +74,8 @@ def test_lora_matches_peft(family):
     ours = tiny_decoder(family)
     attach(ours, DeltaSpec.pet("lora"))
     assert count_deltas(ours) == sum(p.numel() for p in ref.parameters() if p.requires_grad)
-    g = torch.Generator().manual_seed(0)
-    theirs = {n: m for n, m in ref.base_model.model.named_modules() if hasattr(m, "lora_A")}
-    mine = {n.removeprefix("backbone."): m for n, m in ours.named_modules() if isinstance(m, DeltaLinear)}
-    assert set(theirs) == set(mine)
+    same_lora_weights(ref, ours, prefix="backbone.")
     with torch.no_grad():
-        for name, layer in theirs.items():
-            A = torch.randn(layer.lora_A["default"].weight.shape, generator=g) * 0.1
-            B = torch.randn(layer.lora_B["default"].weight.shape, generator=g) * 0.1
-            layer.lora_A["default"].weight.copy_(A)
-            layer.lora_B["default"].weight.copy_(B)
-            mine[name].lowrank.A.values.copy_(A.flatten())
-            mine[name].lowrank.B.values.copy_(B.flatten())
         ids = batch()["input_ids"]
         expected = ref(input_ids=ids).logits
         got = ours.backbone(input_ids=ids).logits

@@ -6,8 +6,7 @@ import torch
 peft = pytest.importorskip("peft")
 
 from apet_ray.delta import DeltaSpec, attach, count_deltas  # noqa: E402
-from apet_ray.delta.layers import DeltaLinear  # noqa: E402
-from support import tiny_bert, tiny_t5  # noqa: E402
+from support import same_lora_weights, tiny_bert, tiny_t5  # noqa: E402
 
 TARGETS = {"bert": r".*attention\.self\.(query|value)", "t5": r".*SelfAttention\.(q|v)"}
 
@@ -20,19 +19,7 @@ def test_lora_matches_peft(family, batch):
     attach(ours, DeltaSpec.pet("lora"))
     assert count_deltas(ours) == sum(p.numel() for p in ref.parameters() if p.requires_grad)
 
-    # give both the same non-zero LoRA weights (B starts at zero, which would prove nothing)
-    g = torch.Generator().manual_seed(0)
-    lora_layers = {n: m for n, m in ref.base_model.model.named_modules() if hasattr(m, "lora_A")}
-    ours_layers = {n: m for n, m in ours.named_modules() if isinstance(m, DeltaLinear)}
-    assert set(lora_layers) == set(ours_layers)
-    with torch.no_grad():
-        for name, layer in lora_layers.items():
-            A = torch.randn(layer.lora_A["default"].weight.shape, generator=g) * 0.1
-            B = torch.randn(layer.lora_B["default"].weight.shape, generator=g) * 0.1
-            layer.lora_A["default"].weight.copy_(A)
-            layer.lora_B["default"].weight.copy_(B)
-            ours_layers[name].lowrank.A.values.copy_(A.flatten())
-            ours_layers[name].lowrank.B.values.copy_(B.flatten())
+    same_lora_weights(ref, ours)
     kwargs = dict(batch)
     if family == "t5":
         kwargs["decoder_input_ids"] = batch["input_ids"][:, :4]
