@@ -128,3 +128,4 @@ def test_dashboard_on_localhost_8265_and_token_auth_everywhere(prepared):
 
     assert mode(head_start) == mode(worker_start) == ["token"]
     assert prepared["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    assert "chmod 600 ~/.ray/auth_token" in prepared["setup_commands"]  # owner-only on every node

@@ -9,8 +9,10 @@ recomputes ``W + W~`` (a weight-sized add, instead of holding one weight-sized t
 layer until backward) and computes the values gradient only where the mask is:
 
   adjacent  one product over the touched row block, ``g[..., r0:r1]^T @ x``, then a slice
-  discrete  at low density the k sampled dot products ``<g[:, row_j], x[:, col_j]>``,
-            otherwise the full ``g^T @ x`` gathered at the indices
+  discrete  the k sampled dot products ``<g[:, row_j], x[:, col_j]>`` (gathered columns
+            for a few entries, ``torch.sparse.sampled_addmm`` for more), or above a few
+            percent density the full ``g^T @ x`` gathered at the indices -- see
+            ``values_grad_path``
 
 Gradients are computed in the incoming gradient's dtype (bf16 under autocast or FSDP2
 mixed precision) and returned in each input's own dtype. ``W`` and ``b`` are frozen in
@@ -20,19 +22,45 @@ apet-ray and get no gradient unless autograd asks for one.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
 
-# Discrete masks at or below this density (k / numel) get their values gradient as k
-# sampled dot products instead of from the full weight gradient. Both cost O(tokens), so
-# only the density decides. Measured on CPU (2 threads, 4096 tokens, 384x384 and
-# 1536x384, whole forward + backward relative to the frozen layer): sampled vs full
-# 1.18 vs 1.63 at 0.01 %, 1.2-1.35 vs 1.65-1.7 at 0.1 %, 1.45 vs 1.6 at 0.2 %, 1.85 vs 1.7
-# at 0.5 %. Not measured on GPU, where the dense product is relatively cheaper.
-SAMPLED_MAX_DENSITY = 2e-3
-# Elements of one (tokens x chunk) gathered block in the sampled path: bounds its memory.
+# How a discrete mask's values gradient is formed (``values_grad_path``), as measured on
+# this project's CPU (benchmarks/sparse_vs_dense.py: 4,096 tokens, MiniLM's 384x384,
+# 1536x384 and 384x1536 weights; docs/benchmarks.md):
+#   gather  k dot products of gathered columns: no fixed cost, but each entry gathers two
+#           strided columns, so it loses beyond a few hundred entries (at 294 entries it
+#           wins on all three shapes, 2.1 vs 3.4 ms on 384x384; at 1,179 it loses, 37-47
+#           vs 11-13 ms on the FFN matrices); in bf16 each gather costs ~4x more
+#   sddmm   torch.sparse.sampled_addmm over the mask as CSR: a fixed cost of about two
+#           transposed copies of the activations, then k x tokens; in fp32 it beats the
+#           dense product up to ~5 % density (at 0.7 %: 5.5 vs 14 ms on 384x384, 10-17
+#           vs 52-55 ms on the FFN matrices; at 10 %: 11 vs 14 and 32-80 vs 57)
+#   full    the dense g^T @ x gathered at the indices: above that, and in bf16 on CPU,
+#           where AMX makes the dense product 4x cheaper (4 ms for 384x384) and
+#           sampled_addmm has no bf16 kernel
+# On CUDA nothing is measured yet and the first rule stays: gather up to 0.2 %, else full.
+GATHER_MAX_ENTRIES = 300
+GATHER_MAX_ENTRIES_LOW_PRECISION = 32  # bf16 / fp16 gradients
+SDDMM_MAX_DENSITY = 0.04
+CUDA_GATHER_MAX_DENSITY = 2e-3
+# Elements of one (tokens x chunk) gathered block in the gather path: bounds its memory.
 _SAMPLED_CHUNK_ELEMENTS = 1 << 22
+
+
+def values_grad_path(k: int, numel: int, dtype: torch.dtype, device_type: str) -> str:
+    """"gather", "sddmm" or "full": how backward forms the gradient of k scattered values
+    of a weight of ``numel`` entries, from gradients in ``dtype`` on ``device_type``."""
+    if device_type != "cpu":
+        return "gather" if k <= CUDA_GATHER_MAX_DENSITY * numel else "full"
+    full_precision = dtype in (torch.float32, torch.float64)  # sampled_addmm's CPU kernels
+    if k <= (GATHER_MAX_ENTRIES if full_precision else GATHER_MAX_ENTRIES_LOW_PRECISION):
+        return "gather"
+    if full_precision and k <= SDDMM_MAX_DENSITY * numel:
+        return "sddmm"
+    return "full"
 
 
 def summed_weight(weight: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, run_start: int | None) -> torch.Tensor:
@@ -67,12 +95,31 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return t.to(dtype)
 
 
-def _sampled_dots(g2: torch.Tensor, x2: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def _gathered_dots(g2: torch.Tensor, x2: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """``(g2^T @ x2)[rows, cols]`` without the full product, in chunks of the k entries."""
     step = max(1, _SAMPLED_CHUNK_ELEMENTS // max(1, g2.shape[0]))
     parts = [(g2.index_select(1, rows[s:s + step]) * x2.index_select(1, cols[s:s + step])).sum(0)
              for s in range(0, rows.numel(), step)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _sddmm(g2: torch.Tensor, x2: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, out_f: int, in_f: int) -> torch.Tensor:
+    """``(g2^T @ x2)[rows, cols]`` as one sampled dense-dense product; rows/cols in the
+    row-major order of sorted flat indices (what every mask function returns), which is
+    CSR's order."""
+    dtype = g2.dtype if g2.dtype in (torch.float32, torch.float64) else torch.float32
+    crow = torch.zeros(out_f + 1, dtype=torch.int64, device=g2.device)
+    crow[1:] = torch.bincount(rows, minlength=out_f).cumsum(0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": used here for this one kernel only
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(rows.numel(), dtype=dtype, device=g2.device),
+                                          (out_f, in_f), check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, g2.t().to(dtype), x2.to(dtype), beta=0.0).values()
+
+
+def _sorted(indices: torch.Tensor) -> bool:
+    # the mask functions' contract; a hand-made mask out of order takes the gather path
+    return indices.numel() < 2 or bool((indices[1:] > indices[:-1]).all())
 
 
 class MaskedAddLinear(torch.autograd.Function):
@@ -112,23 +159,28 @@ class MaskedAddLinear(torch.autograd.Function):
             if need_w or need_v:
                 x2 = x.reshape(-1, in_f).to(dtype)
             k = values.numel()
+            path = "adjacent" if run_start is not None else values_grad_path(k, weight.numel(), dtype, device_type)
             full = None
-            if need_w or (need_v and run_start is None and k > SAMPLED_MAX_DENSITY * weight.numel()):
+            if need_w or (need_v and path == "full"):
                 full = g2.t().mm(x2)
             if need_w:
                 gw = full.to(ctx.weight_dtype)
             if need_v:
                 if full is not None:
                     gv = full.view(-1)[indices]
-                elif run_start is not None:  # adjacent: the touched rows only
+                elif path == "adjacent":  # the touched rows only
                     r0 = run_start // in_f
                     r1 = -(-(run_start + k) // in_f)
                     block = g2[:, r0:r1].t().mm(x2)
                     offset = run_start - r0 * in_f
                     gv = block.view(-1)[offset:offset + k]
-                else:  # sparse discrete: k dot products over the tokens
+                else:  # discrete: k dot products over the tokens
                     rows = torch.div(indices, in_f, rounding_mode="floor")
-                    gv = _sampled_dots(g2, x2, rows, indices - rows * in_f)
+                    cols = indices - rows * in_f
+                    if path == "sddmm" and _sorted(indices):
+                        gv = _sddmm(g2, x2, rows, cols, out_f, in_f)
+                    else:
+                        gv = _gathered_dots(g2, x2, rows, cols)
                 gv = gv.to(values.dtype)
         return gx, gw, gb, gv, None, None
 

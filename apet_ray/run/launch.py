@@ -1,9 +1,9 @@
 """Running ``train`` on Ray: starting or joining Ray, the Ray Train worker function, the
 Tune trial that trains in its own process, and the ``TorchTrainer`` of one run.
 
-Local by default (a Ray instance on this machine, dashboard on 127.0.0.1:8265); the same
-code joins a cluster with ``address="auto"`` or ``ray://...``. Both Ray paths are one hop
-from the loop: ``train_on_session(ray.train | ray.tune, cfg) -> train(cfg, report, restored)``.
+Local by default (a Ray instance on this machine, every Ray service on 127.0.0.1, the
+dashboard at 127.0.0.1:8265); the same code joins a cluster with ``address="auto"`` or
+``ray://...``. Both Ray paths are one hop from the loop: ``train_on_session(ray.train | ray.tune, cfg) -> train(cfg, report, restored)``.
 """
 
 from __future__ import annotations
@@ -64,10 +64,42 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
     local = address in (None, "", "local")
     kwargs = dict(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1") if local else {}
+    if local:
+        _listen_on_loopback_only()
     # Train V2: a run stopped by ASHA only gives back its CPUs when the dashboard's state
     # service runs (STACK.md), so the dashboard stays on unless the caller opts out.
     ray.init(address=None if local else address, runtime_env={"env_vars": dict(RAY_ENV)},
              log_to_driver=True, configure_logging=True, logging_level="WARNING", **kwargs)
+    keep_token_private()
+
+
+def keep_token_private(path: str | os.PathLike[str] | None = None) -> None:
+    """Make Ray's auth token file readable by its owner only (Ray 2.60 writes it 0644): the
+    token is the key to the cluster. ``path``: default ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``, where Ray reads it."""
+    token = Path(path or os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        if token.is_file() and token.stat().st_mode & 0o077:
+            token.chmod(0o600)
+    except OSError as exc:  # someone else's file: say so, don't stop the study
+        logging.getLogger(__name__).warning("could not make %s private (%s)", token, exc.strerror or exc)
+
+
+# Ray's switch for "no multi-node cluster" (its default on macOS and Windows): the node's
+# address is then the loopback one, and the GCS, raylet, worker, agent and metrics servers
+# listen on 127.0.0.1 instead of every interface. Ray 2.60 turns a loopback
+# ``_node_ip_address`` into the machine's external address, so this is the one way there.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _listen_on_loopback_only() -> None:
+    """A local Ray instance serves this machine only; export ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1``
+    to let other machines' ``ray start --address`` join it."""
+    from ray._private import ray_constants
+
+    os.environ.setdefault(LOCAL_ONLY_ENV, "0")  # Ray's own processes read it at import
+    # the driver read it when ray was imported, which may have been before this call
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ[LOCAL_ONLY_ENV].lower() in ("1", "true")
 
 
 def code_version() -> str:

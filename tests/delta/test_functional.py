@@ -53,15 +53,18 @@ CASES = [("adjacent", k) for k in (1, 7, 10, 25, 60, NUMEL - 3)] + \
 
 
 def use_path(monkeypatch, path):
-    """Discrete masks form the values gradient two ways: as k sampled dot products (low
-    density) or gathered from the full weight gradient; force one of them."""
+    """Discrete masks form the values gradient three ways (gathered dot products, a sampled
+    dense-dense product, or gathered from the full weight gradient); force one of them."""
     if path is not None:
-        monkeypatch.setattr(functional, "SAMPLED_MAX_DENSITY", 1.0 if path == "sampled" else 0.0)
+        monkeypatch.setattr(functional, "values_grad_path", lambda *_: path)
+
+
+DISCRETE_PATHS = ("gather", "sddmm", "full")
 
 
 def with_paths(cases):
     return [(kind, k, path) for kind, k in cases
-            for path in (("sampled", "full_grad") if kind == "discrete" and k > 1 else (None,))]
+            for path in (DISCRETE_PATHS if kind == "discrete" and k > 1 else (None,))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -78,8 +81,8 @@ def test_matches_reference(kind, k, path, dtype, monkeypatch):
         torch.testing.assert_close(a, b, **TOL[dtype], msg=what)
 
 
-def test_sampled_path_chunks(monkeypatch):
-    monkeypatch.setattr(functional, "SAMPLED_MAX_DENSITY", 1.0)
+def test_gather_path_chunks(monkeypatch):
+    use_path(monkeypatch, "gather")
     monkeypatch.setattr(functional, "_SAMPLED_CHUNK_ELEMENTS", 16)  # 15 tokens: one entry a chunk
     indices = make_indices("discrete", 40)
     x, weight, bias, values, grad_out = inputs(torch.float64, 40)
@@ -209,3 +212,25 @@ def test_delta_linear_uses_it(kind, k):
     torch.testing.assert_close(x.grad, ref[1], **TOL[torch.float64])
     torch.testing.assert_close(values.grad, ref[2], **TOL[torch.float64])
     assert base.weight.grad is None and base.bias.grad is None
+
+
+def test_values_grad_path_follows_the_measured_crossovers():
+    path = functional.values_grad_path
+    n = 384 * 384
+    assert path(100, n, torch.float32, "cpu") == "gather"
+    assert path(1024, n, torch.float32, "cpu") == "sddmm"  # 0.7 %: sampled_addmm, 2.5x under the dense product
+    assert path(int(0.1 * n), n, torch.float32, "cpu") == "full"
+    # bf16 on CPU: AMX makes the dense product cheaper than any gather; no bf16 sampled_addmm
+    assert path(1024, n, torch.bfloat16, "cpu") == "full"
+    assert path(16, n, torch.bfloat16, "cpu") == "gather"
+    assert path(200, n, torch.float32, "cuda") == "gather" and path(1024, n, torch.float32, "cuda") == "full"
+
+
+def test_unsorted_indices_take_the_gather_path_and_stay_exact(monkeypatch):
+    use_path(monkeypatch, "sddmm")  # CSR needs row-major order: a hand-made mask out of order must not use it
+    indices = make_indices("discrete", 25).flip(0)
+    x, weight, bias, values, grad_out = inputs(torch.float64, 25)
+    ours = forward_backward(lambda *a: masked_add_linear(*a, None), x, weight, bias, values, grad_out, indices)
+    ref = forward_backward(reference, x, weight, bias, values, grad_out, indices)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
