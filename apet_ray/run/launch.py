@@ -118,8 +118,9 @@ def code_version() -> str:
         return __version__
 
 
-def train_on_session(session, cfg: TrainConfig, threads: int) -> RunRecord:
-    """``train`` reporting to Ray and resuming from Ray's checkpoint when there is one.
+def train_on_session(session, cfg: TrainConfig, threads: int, earlier: str | os.PathLike[str] | None = None) -> RunRecord:
+    """``train`` reporting to Ray and resuming from Ray's checkpoint when there is one, else
+    from ``earlier`` (a checkpoint folder of an earlier attempt of a resumed study).
 
     ``session`` is ``ray.train`` in a Train worker, or ``ray.tune`` in a Tune trial that
     trains itself: both offer ``report``, ``Checkpoint`` and ``get_checkpoint``.
@@ -134,6 +135,9 @@ def train_on_session(session, cfg: TrainConfig, threads: int) -> RunRecord:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:  # read whole, before Ray may prune it
             restored = read_checkpoint(folder)
+    elif earlier is not None:
+        restored = read_checkpoint(earlier)
+        print(f"[apet-ray] {cfg.spec.label}: continuing from step {restored.record.steps_run} ({earlier})", flush=True)
     return train(cfg, report, restored)
 
 

@@ -10,6 +10,7 @@ file per table per trial as it ends (``study/callbacks.py``).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from apet_ray.atomic import owning, write_text
 from apet_ray.errors import UserError
 from apet_ray.run.config import RunPlan, TrainConfig, check_config
+from apet_ray.run.record import RunRecord
 from apet_ray.study.lr_search import with_lr
 
 
@@ -173,7 +175,8 @@ def tune_trial(config: dict) -> None:
 
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
         gc.collect()  # a reused process: the previous trial's model goes before this one loads
-        train_on_session(tune, cfg, threads=config["cpus_per_worker"])
+        earlier = latest_checkpoint(Path(config["results"]) / "ray", entry["name"], cfg)
+        train_on_session(tune, cfg, threads=config["cpus_per_worker"], earlier=earlier)
         return
 
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -186,6 +189,44 @@ def tune_trial(config: dict) -> None:
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+
+
+def latest_checkpoint(ray_dir: Path, name: str, cfg: TrainConfig) -> Path | None:
+    """The newest complete checkpoint of this trial that an earlier Tune experiment of the
+    results folder wrote (``ray/<experiment>/<name>-<tune id>/checkpoint_*``), for a resumed
+    study: it starts a fresh Tune experiment instead of unpickling the old one's state, and
+    each unfinished trial continues from here. Only apet-ray's own files are read (JSON
+    here, safetensors when restored); a folder that is torn or belongs to another config
+    is passed over."""
+    wanted = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    best, best_step = None, -1
+    for state in ray_dir.glob(f"*/{glob.escape(name)}-*/checkpoint_*/state.json"):
+        folder = state.parent
+        if not all((folder / f).is_file() for f in ("deltas.safetensors", "optimizer.safetensors")):
+            continue
+        try:
+            record = RunRecord.from_dict(json.loads(state.read_text())["record"])
+            same = json.dumps(record.config, sort_keys=True, default=str) == wanted
+            step = record.steps_run
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue
+        if same and step > best_step:
+            best, best_step = folder, step
+    return best
+
+
+def recorded_trials(results: Path) -> set[str]:
+    """Trial ids with a row in the trials table: finished (or stopped) and never run again."""
+    return {p.stem for p in (results / "trials").glob("*.parquet")}
+
+
+def experiment_name(results: Path, study: str) -> str:
+    """The Tune experiment of this attempt: ``<study>`` first, ``<study>.2``, ``.3``... for each
+    resume, so earlier attempts' checkpoints stay where their trials can find them."""
+    n = 1
+    while (results / "ray" / (study if n == 1 else f"{study}.{n}")).exists():
+        n += 1
+    return study if n == 1 else f"{study}.{n}"
 
 
 def _placement(study: StudyConfig, workers: int, most: int) -> tuple[dict, float, int, bool]:
@@ -305,6 +346,16 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
     write_text(results / f"{study.study}.study.json", json.dumps(
         {"study": study.study, "trials": [g["trial_id"] for g in grid], "extra": study.extra,
          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "code_version": code_version()}, indent=2, default=str))
+    name = experiment_name(results, study.study)
+    if study.resume and searcher is None:
+        # apet-ray's own state, not Tune's pickled one: the trials table says what is done,
+        # each trial finds its own last checkpoint (latest_checkpoint; a Train run by its name)
+        recorded = recorded_trials(results)
+        grid = [g for g in grid if g["trial_id"] not in recorded]
+        print(f"[apet-ray] resuming {study.study}: {len(recorded & {trial_id(t, study.study) for t in trials})} trials "
+              f"recorded, {len(grid)} to run (Tune experiment {name})", flush=True)
+        if not grid:
+            return _finish(study, results)
 
     trainable = tune.with_resources(tune_trial, trial_resources)
     static = {"results": str(results), "train_storage": str(results / "ray" / "train"), "cpus_per_worker": cpus_per_worker,
@@ -319,34 +370,27 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
     decided = getattr(searcher, "decided", set())
     writer = ResultsWriter(results, study.study, code_version(), decided=lambda tid: tid in decided)
     progress = Progress(len(grid) if searcher is None else None, concurrent, decided=lambda tid: tid in decided)
-    tune_path = str(results / "ray")
-    if study.resume:
-        tuner = tune.Tuner.restore(str(results / "ray" / study.study), trainable=trainable,
-                                   resume_unfinished=True, resume_errored=True, param_space=param_space)
-        # callbacks are not saved with the experiment: the writer comes back through the run config
-        tuner._local_tuner._run_config.callbacks = [writer, progress, *callbacks]
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=scheduler if searcher is None else None,
-                                        max_concurrent_trials=concurrent, search_alg=searcher,
-                                        num_samples=(max_trials or -1) if searcher is not None else 1,
-                                        # the next trial starts in a warm process: no second import of torch.
-                                        # Not for Train runs: a reused trial process that ASHA stopped
-                                        # keeps its Train run (and its CPUs) alive, and the study hangs
-                                        reuse_actors=workers == 0,
-                                        trial_name_creator=trial_name,
-                                        trial_dirname_creator=trial_dirname),
-            # a Train run retries itself (make_trainer); a trial that trains in its own process
-            # is retried by Tune, from its last checkpoint
-            # verbose 0: Progress prints one line per trial instead of Tune's config dumps
-            run_config=tune.RunConfig(name=study.study, storage_path=tune_path, callbacks=[writer, progress, *callbacks],
-                                      verbose=0, stop=stopper,
-                                      failure_config=tune.FailureConfig(max_failures=1 if workers == 0 else 0),
-                                      # --workers 0 checkpoints through Tune: keep two, as a Train run does
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
-        )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=scheduler if searcher is None else None,
+                                    max_concurrent_trials=concurrent, search_alg=searcher,
+                                    num_samples=(max_trials or -1) if searcher is not None else 1,
+                                    # the next trial starts in a warm process: no second import of torch.
+                                    # Not for Train runs: a reused trial process that ASHA stopped
+                                    # keeps its Train run (and its CPUs) alive, and the study hangs
+                                    reuse_actors=workers == 0,
+                                    trial_name_creator=trial_name,
+                                    trial_dirname_creator=trial_dirname),
+        # a Train run retries itself (make_trainer); a trial that trains in its own process
+        # is retried by Tune, from its last checkpoint
+        # verbose 0: Progress prints one line per trial instead of Tune's config dumps
+        run_config=tune.RunConfig(name=name, storage_path=str(results / "ray"), callbacks=[writer, progress, *callbacks],
+                                  verbose=0, stop=stopper,
+                                  failure_config=tune.FailureConfig(max_failures=1 if workers == 0 else 0),
+                                  # --workers 0 checkpoints through Tune: keep two, as a Train run does
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+    )
     started = time.time()
     grid_result = tuner.fit()
     errors = [r.error for r in grid_result if r.error is not None]
@@ -354,6 +398,10 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
         print(progress.table(), flush=True)
     print(f"[apet-ray] {study.study} finished in {time.time() - started:.0f} s: {len(grid_result)} trials, "
           f"{len(errors)} errors, {writer.written} written now; tables in {results}/trials, {results}/curves", flush=True)
+    return _finish(study, results)
+
+
+def _finish(study: StudyConfig, results: Path) -> Path:
     if study.report:
         from apet_ray.report import make_report
 

@@ -2,6 +2,7 @@
 study whose driver is SIGKILLed resumes without rerunning or duplicating trials."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,21 +66,54 @@ def test_trials_training_in_their_own_process_give_the_same_numbers(train_path, 
     assert ours.loss.tolist() == ray_train.loss.tolist() and ours.score.tolist() == ray_train.score.tolist()
 
 
-def test_killed_driver_resumes_with_one_row_per_trial(tmp_path):
-    proc = study(tmp_path, "--max-steps", "6", "--max-concurrent", "1", wait=False)
+# one trial at a time, long enough that a kill lands between a trial's checkpoints (4 each)
+LONG = ["--max-steps", "400", "--eval-every", "100", "--workers", "0", "--methods", "lora", "--distributions", "adjacent",
+        "--max-concurrent", "1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("uninterrupted")
+    done = study(results, *LONG)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return results
+
+
+def same_curves(results: Path, reference: Path) -> None:
+    """Every step once, and the losses and scores of the uninterrupted run, to the bit."""
+    key = ["method", "op", "distribution", "step"]
+    again = curves(results).fillna("-").sort_values(key).reset_index(drop=True)
+    expected = curves(reference).fillna("-").sort_values(key).reset_index(drop=True)
+    assert len(trials(results)) == 3 and again[key].equals(expected[key])
+    assert again.loss.tolist() == expected.loss.tolist() and again.score.tolist() == expected.score.tolist()
+
+
+def test_killed_driver_resumes_from_apet_rays_own_state_without_unpickling(uninterrupted, tmp_path):
+    proc = study(tmp_path, *LONG, wait=False)
     deadline = time.time() + 400
-    while time.time() < deadline and not list((tmp_path / "trials").glob("*.parquet")):
-        time.sleep(0.5)
+    while time.time() < deadline:  # a trial recorded, and the next one past its first checkpoint
+        midway = [d for d in (tmp_path / "ray").glob("structure_ablation/*")
+                  if list(d.glob("checkpoint_*")) and not (d / "checkpoint_000003").exists()]
+        if list((tmp_path / "trials").glob("*.parquet")) and midway:
+            break
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
     proc.wait()
     first = {p.name: p.stat().st_mtime for p in (tmp_path / "trials").glob("*.parquet")}
-    assert 1 <= len(first) < 4, "the kill must land mid-study"
-    done = study(tmp_path, "--max-steps", "6", "--max-concurrent", "1", "--resume")
+    assert 1 <= len(first) < 3 and midway, "the kill must land mid-trial"
+    # Tune's own state is pickled: make it unreadable, the resume must not need it
+    poisoned = [f for f in (tmp_path / "ray").rglob("*") if f.is_file() and
+                (f.suffix == ".pkl" or f.name.startswith(("experiment_state", "basic-variant-state")))]
+    assert poisoned
+    for f in poisoned:
+        f.write_bytes(b"not a pickle")
+    done = study(tmp_path, *LONG, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
-    table = trials(tmp_path)
-    assert len(table) == 4 and table.trial_id.is_unique
+    assert re.search(r"continuing from step (100|200|300) ", done.stdout + done.stderr)
+    same_curves(tmp_path, uninterrupted)
     again = {p.name: p.stat().st_mtime for p in (tmp_path / "trials").glob("*.parquet")}
     assert all(again[name] == mtime for name, mtime in first.items()), "a finished trial was rerun"
+    assert (tmp_path / "ray" / "structure_ablation.2").is_dir()  # a fresh Tune experiment, not a restored one
 
 
 def _kill_trial_process_after_first_checkpoint(results: Path, killed: list) -> None:
@@ -97,25 +131,17 @@ def _kill_trial_process_after_first_checkpoint(results: Path, killed: list) -> N
         time.sleep(0.02)
 
 
-def test_a_killed_trial_process_is_restarted_from_its_checkpoint(tmp_path):
+def test_a_killed_trial_process_is_restarted_from_its_checkpoint(uninterrupted, tmp_path):
     import threading
 
-    # one trial, long enough that the kill lands between its two checkpoints
-    args = ["--max-steps", "200", "--eval-every", "100", "--workers", "0", "--methods", "lora", "--distributions", "adjacent"]
-    reference = study(tmp_path / "reference", *args)
-    assert reference.returncode == 0, reference.stderr[-3000:]
     killed: list[int] = []
-    watcher = threading.Thread(target=_kill_trial_process_after_first_checkpoint, args=(tmp_path / "killed", killed), daemon=True)
+    watcher = threading.Thread(target=_kill_trial_process_after_first_checkpoint, args=(tmp_path, killed), daemon=True)
     watcher.start()
-    done = study(tmp_path / "killed", *args)
+    done = study(tmp_path, *LONG)
     watcher.join(timeout=5)
     assert done.returncode == 0, done.stderr[-3000:]
     assert killed, "no trial process was killed: the test did not exercise recovery"
-    key = ["method", "op", "distribution", "step"]
-    again = curves(tmp_path / "killed").fillna("-").sort_values(key).reset_index(drop=True)
-    expected = curves(tmp_path / "reference").fillna("-").sort_values(key).reset_index(drop=True)
-    assert len(trials(tmp_path / "killed")) == 3 and again[key].equals(expected[key])
-    assert again.loss.tolist() == expected.loss.tolist() and again.score.tolist() == expected.score.tolist()
+    same_curves(tmp_path, uninterrupted)
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
