@@ -11,6 +11,15 @@ import argparse
 class UserError(ValueError):
     """A problem with the user's input, reported as one line."""
 
+    exit_code = 2
+
+
+class Interrupted(UserError):
+    """A study stopped before every trial was recorded (Ctrl-C, SIGTERM): one line that says
+    how to go on, and the shell's exit code for an interrupt."""
+
+    exit_code = 130
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose mistakes read like ``UserError``: one line and a pointer to

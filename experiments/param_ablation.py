@@ -74,6 +74,9 @@ def run(argv=None):
     # 1. the FT reference for every model x task x seed (a plain grid study)
     ft = [config(m, t, s, DeltaSpec.pet("ft", seed=s)) for m in csv(args.models) for t in csv(args.tasks) for s in seeds(args.seeds)]
     structures = [tuple(x.split("-")) for x in csv(args.structures)]
+    for structure, parts in zip(csv(args.structures), structures):
+        if len(parts) != 2:
+            raise UserError(f"--structures takes op-distribution pairs such as add-discrete, not {structure!r}")
     searches = [(m, t, s, op, dist) for m in csv(args.models) for t in csv(args.tasks) for s in seeds(args.seeds)
                 for op, dist in structures]
     # validate every search's extremes now, so nothing starts when one of them cannot run

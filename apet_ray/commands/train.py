@@ -15,6 +15,7 @@ from apet_ray.commands.params import add_spec_arguments, spec_from_args
 from apet_ray.errors import UserError
 from apet_ray.models import DEFAULT_MODEL
 from apet_ray.run.options import add_run_arguments, config_from_args
+from apet_ray.tasks import TASKS
 from apet_ray.tasks.task_file import is_task_file, read_task_file
 
 # a one-off run starts one worker unless told otherwise (studies embed their own defaults)
@@ -49,6 +50,9 @@ def config_from_cli(args: argparse.Namespace):
     if is_task_file(task):
         task, custom = read_task_file(task)
     elif args.train_file:
+        if args.task and args.task in TASKS:
+            raise UserError(f"--task {args.task} is a built-in task; with --train-file, --task names your own task: "
+                            "give it another name")
         custom = dict(path=args.train_file, text_columns=tuple(args.text_columns.split(",")),
                       label_column=args.label_column, target_column=args.target_column, eval_path=args.eval_file)
         task = args.task or Path(args.train_file).stem
@@ -64,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_cli(args)
     out = Path(args.out).resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if args.max_failures < 0:
+        raise UserError(f"--max-failures must be 0 or more, not {args.max_failures}")
     check_config(cfg)
     check_address(args.address)
     if (out / "run.json").exists() and not args.resume:

@@ -102,6 +102,11 @@ def make_plan(model: nn.Module, spec: DeltaSpec) -> Plan:
     size = None
     if spec.op in ("concat", "plugin"):
         size = spec.size if spec.distribution == "full" or spec.size is not None else _pick_size(backbone, hosts, spec, requested)
+        if spec.size is not None and hosts and spec.size > _max_size(backbone, hosts):
+            # the weights would be allocated densely before the mask is drawn: a size no
+            # layer can use is a mistake, refused here rather than as an out-of-memory
+            raise UserError(f"size {spec.size:,} is larger than {spec.op} at {', '.join(spec.positions)} can use on "
+                            f"this model (at most {_max_size(backbone, hosts):,}: {_SIZE_LIMIT[hosts[0][0]]})")
     for kind, path, param in hosts:
         module = backbone.get_submodule(path) if path else backbone
         plan.placements.append(_placement(kind, prefix + path if path else prefix.rstrip("."), module, param, size, backbone))
@@ -224,6 +229,10 @@ def _pick_size(backbone: nn.Module, hosts: list[tuple[str, str, str | None]], sp
         else:
             lo = mid + 1
     return lo
+
+
+_SIZE_LIMIT = {"prompt": "half the model's positions", "lowrank": "a rank of min(in, out) of the layer",
+               "plugin": "a bottleneck as wide as the layer"}
 
 
 def _max_size(backbone: nn.Module, hosts: list[tuple[str, str, str | None]]) -> int:

@@ -106,6 +106,33 @@ def check_task_fits_family(task: Task, family: str) -> None:
         raise UserError(f"{task.name} is a {task.type} task: BERT-family models do classification only (SA, NLI, PI)")
 
 
+# Seeds feed torch.Generator and numpy, and are mixed with step numbers: 32 bits keep all
+# of them in range.
+MAX_SEED = 2**32 - 1
+# Position tables whose first rows are reserved (padding_idx + 1 = 2): RoBERTa-style encoders.
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "mpnet": 2}
+
+
+def check_positions(model, family: str, max_input_len: int, task: Task) -> None:
+    """Soft prompt + input (+ generated target, decoder-only) must fit the model's position
+    table, or the first forward fails deep inside the model."""
+    from apet_ray.delta.ops import PromptTokens
+
+    config = getattr(getattr(model, "backbone", model), "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not limit:  # T5: relative positions, no table
+        return
+    limit -= _POSITION_OFFSET.get(getattr(config, "model_type", ""), 0)
+    prompt = sum(m.length for m in model.modules() if isinstance(m, PromptTokens))
+    target = task.max_gen_len if family == "causal" and not task.is_classification else (1 if family == "causal" else 0)
+    need = prompt + max_input_len + target
+    if need > limit:
+        parts = [f"{max_input_len} input tokens"] + ([f"{prompt} soft-prompt tokens"] if prompt else []) + \
+                ([f"{target} target tokens"] if target else [])
+        raise UserError(f"{' + '.join(parts)} = {need} positions, but the model has {limit}: lower --max-input-len"
+                        + (" or the prompt length" if prompt else ""))
+
+
 def check_config(cfg: TrainConfig) -> RunPlan:
     """Refuse, in one line, a run that cannot work, and say what it resolves to; loads one
     example per split to prove the data (no weights)."""
@@ -121,6 +148,8 @@ def check_config(cfg: TrainConfig) -> RunPlan:
         raise UserError(f"batch size {cfg.batch_size} cannot be split over {cfg.workers} workers")
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {cfg.strategy!r} (known: {', '.join(STRATEGIES)})")
+    if cfg.strategy in ("ddp", "fsdp") and cfg.workers == 0:
+        raise UserError(f"--strategy {cfg.strategy} splits a run over Ray Train workers: give --workers 1 or more")
     if cfg.data_source not in DATA_SOURCES:
         raise UserError(f"unknown data source {cfg.data_source!r} (known: {', '.join(DATA_SOURCES)})")
     if cfg.precision not in PRECISIONS:
@@ -133,10 +162,13 @@ def check_config(cfg: TrainConfig) -> RunPlan:
         value = getattr(cfg, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"{name} must be a positive whole number, not {value!r}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed <= MAX_SEED:
+        raise UserError(f"seed must be a whole number from 0 to {MAX_SEED:,}, not {cfg.seed!r}")
     task = cfg.resolve_task()
     model, info = build_model(cfg.model, num_labels=task.num_labels if task.is_classification else None, device="meta")
     check_task_fits_family(task, info.family)
     attach(model, cfg.spec)  # plans the budget on the meta device: refuses what cannot fit
+    check_positions(model, info.family, cfg.max_input_len or task.max_input_len, task)
     for split in ("train", "eval"):
         load_examples(task, split, limit=1, seed=cfg.seed, **cfg.data_source_kwargs())
     for target in cfg.transfer_tasks:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from apet_ray.errors import OneLineParser, UserError
+from apet_ray.errors import Interrupted, OneLineParser, UserError
 from apet_ray.run.config import TrainConfig
 from apet_ray.run.options import add_run_arguments, config_from_args
 from apet_ray.study.runner import StudyConfig
@@ -165,5 +165,6 @@ def main(run) -> None:
     try:
         run()
     except UserError as exc:
-        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        print(f"{Path(sys.argv[0]).name}: {'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}",
+              file=sys.stderr)
+        sys.exit(exc.exit_code)

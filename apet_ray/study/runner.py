@@ -10,16 +10,20 @@ file per table per trial as it ends (``study/callbacks.py``).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
+import logging
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from apet_ray.atomic import owning, write_text
-from apet_ray.errors import UserError
+from apet_ray.errors import Interrupted, UserError
 from apet_ray.run.config import RunPlan, TrainConfig, check_config
 from apet_ray.run.record import RunRecord
 from apet_ray.study.lr_search import with_lr
@@ -87,6 +91,12 @@ def validate(study: StudyConfig, trials: list[TrainConfig]) -> list[RunPlan]:
 
     if not trials:
         raise UserError("the study has no trials")
+    if study.max_concurrent is not None and study.max_concurrent < 1:
+        raise UserError(f"--max-concurrent must be 1 or more, not {study.max_concurrent}")
+    if study.json and not study.dry_run:
+        raise UserError("--json only applies with --dry-run")
+    if Path(study.results).exists() and not Path(study.results).is_dir():
+        raise UserError(f"--results {study.results} is a file, not a folder")
     if study.tune_lr < 0 or study.tune_lr == 1:
         raise UserError(f"--tune-lr needs at least 2 trials per group (or 0 for the fixed learning rates), got {study.tune_lr}")
     if not study.dry_run:
@@ -392,13 +402,40 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
     started = time.time()
-    grid_result = tuner.fit()
+    with _sigterm_as_interrupt():
+        grid_result = tuner.fit()
     errors = [r.error for r in grid_result if r.error is not None]
     if progress.rows:
         print(progress.table(), flush=True)
+    missing = [g["name"] for g in grid if g["trial_id"] not in recorded_trials(results)] if searcher is None else []
+    if missing and not errors:  # Tune returns early on SIGINT (and SIGTERM, turned into one)
+        raise Interrupted(f"{study.study} interrupted after {time.time() - started:.0f} s with {len(missing)} of "
+                          f"{len(grid)} trials not recorded; rerun the same command with --resume to continue "
+                          "(finished trials are kept, the others go on from their last checkpoint)")
     print(f"[apet-ray] {study.study} finished in {time.time() - started:.0f} s: {len(grid_result)} trials, "
           f"{len(errors)} errors, {writer.written} written now; tables in {results}/trials, {results}/curves", flush=True)
     return _finish(study, results)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a scheduler's stop, ``ray job stop``) stops the study as Ctrl-C does:
+    Tune ends the trials and returns, no file is left half-written, and Ray is shut down
+    when the driver exits. Tune's own hint (``Tuner.restore``) is not apet-ray's way."""
+    logging.getLogger("ray.tune.tune").addFilter(_NoRestoreHint())
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _NoRestoreHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
 
 
 def _finish(study: StudyConfig, results: Path) -> Path:

@@ -116,6 +116,38 @@ def test_killed_driver_resumes_from_apet_rays_own_state_without_unpickling(unint
     assert (tmp_path / "ray" / "structure_ablation.2").is_dir()  # a fresh Tune experiment, not a restored one
 
 
+def _ray_daemons() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("raylet", "gcs_server")}
+
+
+def test_sigterm_stops_the_study_cleanly_and_resume_finishes_it(uninterrupted, tmp_path):
+    before = _ray_daemons()
+    cmd = [sys.executable, str(ROOT / "experiments" / "structure_ablation.py"), *TINY, *LONG, "--results", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"})
+    deadline = time.time() + 400
+    while time.time() < deadline and not list((tmp_path / "ray").glob("structure_ablation/*/checkpoint_*")):
+        time.sleep(0.05)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` or a scheduler would
+    out, err = proc.communicate(timeout=120)
+    stopped_s = time.time() - sent
+    print(f"SIGTERM: stopped in {stopped_s:.1f} s")  # docs/cluster.md quotes it
+    assert proc.returncode == 130, err[-3000:]
+    assert stopped_s < 60, f"took {stopped_s:.0f} s to stop"
+    assert "--resume" in err.strip().splitlines()[-1] and "Tuner.restore" not in out + err
+    assert not [f for f in tmp_path.rglob(".*.tmp")], "a half-written file was left behind"
+    deadline = time.time() + 30  # the Ray it started goes with it
+    while time.time() < deadline and _ray_daemons() - before:
+        time.sleep(0.5)
+    assert not _ray_daemons() - before, "Ray processes outlived the study"
+    done = study(tmp_path, *LONG, "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_curves(tmp_path, uninterrupted)
+
+
 def _kill_trial_process_after_first_checkpoint(results: Path, killed: list) -> None:
     import psutil
 
