@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out} already holds a finished run; choose another --out")
     if (out / "ray").exists() and not args.resume:
         raise UserError(f"{out} holds an unfinished run: add --resume to continue it, or choose another --out")
+    if args.resume and not (out / "ray").exists() and not _checkpoints(out / "checkpoints"):
+        raise UserError(f"nothing to resume: {out} holds no checkpoint of a run")
 
     started = time.time()
     record = _run_local(cfg, out, args.resume) if cfg.workers == 0 else _run_ray(cfg, out, args)

@@ -29,7 +29,8 @@ from apet_ray.run.memory import peak_memory_mb, reset_peak_memory
 from apet_ray.run.record import RunRecord
 from apet_ray.tasks import load_examples
 
-# report(metrics, checkpoint_folder_or_None): metrics carry the whole record ("record")
+# report(metrics, checkpoint_folder_or_None): metrics carry the record, its history from
+# metrics["history_from"] on (report_metrics)
 Report = Callable[[dict, "str | None"], None]
 EVAL_SUBSET_SEED = 0  # which eval examples a limited evaluation uses: one subset for every seed
 
@@ -96,6 +97,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     losses, tokens = [], 0
     t_window = time.perf_counter()
     first_step = record.steps_run  # > 0 after a resume
+    sent = 0  # evaluations of record.history already reported by this process
     for step in range(first_step, cfg.max_steps):
         rows = shard(global_batch(len(train_data), cfg.batch_size, step, cfg.seed), rank, world)
         batch = {k: v.to(device) for k, v in collate(train_data, rows, tokenizer.pad_token_id, info.family).items()}
@@ -132,7 +134,8 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
                   f"{task.metric} {score:.4f} (best {record.best_score:.4f})  "
                   f"{record.history[-1]['tokens_per_s']:,.0f} tok/s  peak {record.peak_memory_mb:,.0f} MB", flush=True)
         try:
-            report(report_metrics(record), checkpoint)
+            report(report_metrics(record, sent), checkpoint)
+            sent = len(record.history)
         finally:  # the reporter has copied it, or Tune stopped the trial inside report
             if checkpoint is not None:
                 shutil.rmtree(checkpoint, ignore_errors=True)
@@ -199,10 +202,16 @@ def _transfer(cfg: TrainConfig, model, task, target: str, family: str, tokenizer
                              data_dir=cfg.data_dir, data_source=cfg.data_source, autocast=autocast)
 
 
-def report_metrics(record: RunRecord) -> dict:
+def report_metrics(record: RunRecord, since: int = 0) -> dict:
     """What every report carries: flat values for Tune (ASHA reads ``step`` and ``score``)
-    and the whole record, so the last report of any trial holds everything to write."""
+    and the record with the evaluations from index ``since`` on (``history_from``): each
+    report sends only what is new, and the first of a process everything, restored points
+    included; the driver puts the history together (``study.callbacks.ResultsWriter``). A
+    whole history in every report made the traffic grow with the square of the evaluations."""
     last = record.history[-1]
+    whole = record.to_dict()
+    whole["history"] = whole["history"][since:]
     return {"step": last["step"], "score": last["score"], "loss": last["loss"], "best_score": record.best_score,
             "tokens_per_s": last["tokens_per_s"], "peak_memory_mb": record.peak_memory_mb,
-            "elapsed_s": record.train_time_s, "delta_params": record.delta_params, "record": record.to_dict()}
+            "elapsed_s": record.train_time_s, "delta_params": record.delta_params, "record": whole,
+            "history_from": since}

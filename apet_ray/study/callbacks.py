@@ -31,27 +31,52 @@ def trial_dirname(trial) -> str:
     return f"{trial_name(trial)}-{trial.trial_id}"
 
 
+class TrialRecords:
+    """Each trial's whole run record, put together on the driver from reports that carry only
+    the evaluations since the previous report (``run.loop.report_metrics``)."""
+
+    def __init__(self):
+        self._records: dict[str, dict] = {}
+
+    def add(self, trial, result: dict) -> None:
+        record = result.get("record")
+        if record is None:
+            return
+        before = self._records.get(trial.trial_id, {}).get("history", [])
+        self._records[trial.trial_id] = {**record, "history": before[:result.get("history_from", 0)] + record["history"]}
+
+    def get(self, trial) -> RunRecord | None:
+        record = self._records.get(trial.trial_id)
+        return RunRecord.from_dict(record) if record is not None else None
+
+
 class ResultsWriter(Callback):
     """Writes each trial's rows when it ends. ``decided(tune_trial_id)`` says a trial was stopped
-    because its answer was known (a threshold search's ``decided`` set)."""
+    because its answer was known (a threshold search's ``decided`` set). Its ``records`` are
+    the trials' records, shared with ``Progress``."""
 
     def __init__(self, results: Path, study: str, code_version: str, decided=lambda tune_trial_id: False,
                  status: str | None = None):
         self.results, self.study, self.code_version, self.decided = results, study, code_version, decided
         self.status = status  # e.g. "search" for every trial of an lr search
+        self.records = TrialRecords()
         self.written = 0
         self.ids: list[str] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.records.add(trial, result)
 
     def _write(self, trial, status: str) -> None:
         last = trial.last_result or {}
         if last.get("already_recorded"):
             return
         tid = sampled_entry(trial.config)["trial_id"]
-        if "record" not in last:
+        record = self.records.get(trial)
+        if record is None:
             print(f"[apet-ray] {trial_name(trial)} ended ({status}) before its first evaluation: no results written",
                   flush=True)
             return
-        rows = rows_from_record(RunRecord.from_dict(last["record"]), self.study, tid, status, self.code_version)
+        rows = rows_from_record(record, self.study, tid, status, self.code_version)
         try:
             write_trial(self.results, tid, rows.trial, rows.curves, rows.transfer)
         except OSError as exc:  # a full or read-only disk: nothing half-written stays (atomic.replacing)
@@ -69,8 +94,8 @@ class ResultsWriter(Callback):
 
 
 class Progress(Callback):
-    def __init__(self, total: int | None, concurrent: int, decided=lambda tune_trial_id: False):
-        self.total, self.concurrent, self.decided = total, concurrent, decided
+    def __init__(self, total: int | None, concurrent: int, records: TrialRecords, decided=lambda tune_trial_id: False):
+        self.total, self.concurrent, self.records, self.decided = total, concurrent, records, decided
         self.started_at: dict[str, float] = {}
         self.durations: list[float] = []
         self.rows: list[tuple[str, str, int, str, str]] = []
@@ -83,7 +108,7 @@ class Progress(Callback):
     def _end(self, trial, status: str) -> None:
         last = trial.last_result or {}
         self.durations.append(time.time() - self.started_at.get(trial.trial_id, self.t0))
-        record = RunRecord.from_dict(last["record"]) if "record" in last else None
+        record = self.records.get(trial)
         score = f"{record.metric} {record.final_score:.3f}" if record and record.history else "no evaluation"
         steps = f"step {record.steps_run}/{record.config['max_steps']}" if record and record.history else ""
         if status == "finished" and record and record.history and not record.finished:  # as rows_from_record says

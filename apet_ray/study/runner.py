@@ -304,8 +304,8 @@ def _lr_search_experiment(study: StudyConfig, name: str, cfg: TrainConfig, space
                                     reuse_actors=cfg.workers == 0, trial_name_creator=trial_name,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=name, storage_path=str(results / "ray"), verbose=0,
-                                  callbacks=[ResultsWriter(results, name, code_version(), status="search"),
-                                             Progress(study.tune_lr, concurrent)],
+                                  callbacks=[writer := ResultsWriter(results, name, code_version(), status="search"),
+                                             Progress(study.tune_lr, concurrent, writer.records)],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
     return [(float(r.config["lr"]), float(r.metrics.get("score", float("nan"))), int(r.metrics.get("step", 0)) >= cfg.max_steps)
@@ -379,7 +379,8 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
                             reduction_factor=2) if study.asha else None
     decided = getattr(searcher, "decided", set())
     writer = ResultsWriter(results, study.study, code_version(), decided=lambda tid: tid in decided)
-    progress = Progress(len(grid) if searcher is None else None, concurrent, decided=lambda tid: tid in decided)
+    progress = Progress(len(grid) if searcher is None else None, concurrent, writer.records,
+                        decided=lambda tid: tid in decided)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,

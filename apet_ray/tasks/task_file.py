@@ -93,7 +93,7 @@ def _parse(path: Path) -> dict:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # yaml and json raise their own error types
-        raise UserError(f"{path}: not valid {path.suffix[1:]}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a task file is a mapping of keys ({', '.join(_KEYS)})")
     return data

@@ -52,7 +52,117 @@ CASES = [
     ("param_ablation", TINY + ["--min-count", "100", "--max-count", "10"], "min-count"),
     ("param_ablation", TINY + ["--max-count", "10000000000"], "larger than"),
     ("param_ablation", TINY + ["--structures", "add-sideways"], "unknown distribution"),
+    ("param_ablation", TINY + ["--structures", "add"], "op-distribution pairs"),
+    ("param_ablation", TINY + ["--min-count", "0"], "min-count"),
+    # ranges and types of the run options
+    ("structure_ablation", TINY + ["--lr", "-1"], "lr must be positive"),
+    ("structure_ablation", TINY + ["--lr", "nan"], "lr must be positive"),
+    ("structure_ablation", TINY + ["--ft-lr", "0"], "lr must be positive"),
+    ("structure_ablation", TINY + ["--prompt-lr", "-0.1"], "prompt_lr must be positive"),
+    ("structure_ablation", with_flag(TINY, "--eval-every", "0"), "eval_every"),
+    ("structure_ablation", TINY + ["--eval-limit", "0"], "eval_limit"),
+    ("structure_ablation", TINY + ["--train-limit", "-3"], "train_limit"),
+    ("structure_ablation", TINY + ["--max-input-len", "0"], "max_input_len"),
+    ("structure_ablation", TINY + ["--max-input-len", "100000"], "positions, but the model has 512"),
+    ("pet_scaling", TINY + ["--methods", "prompt", "--max-input-len", "450"], "100 soft-prompt tokens"),
+    ("structure_ablation", TINY + ["--seeds", "99999999999999999999"], "seed must be a whole number from 0"),
+    ("structure_ablation", TINY + ["--seeds", "-1"], "seed must be a whole number from 0"),
+    ("structure_ablation", TINY + ["--precision", "fp8"], "unknown precision"),
+    ("structure_ablation", TINY + ["--data-source", "ftp"], "unknown data source"),
+    ("structure_ablation", TINY + ["--workers", "0", "--strategy", "fsdp"], "give --workers 1 or more"),
+    ("structure_ablation", TINY + ["--workers", "2", "--batch-size", "1"], "cannot be split over 2 workers"),
+    ("structure_ablation", TINY + ["--max-concurrent", "0"], "--max-concurrent must be 1 or more"),
+    ("structure_ablation", TINY + ["--tune-lr", "1"], "at least 2 trials"),
+    ("structure_ablation", TINY + ["--json"], "--json only applies with --dry-run"),
+    ("structure_ablation", TINY + ["--resume"], "nothing to resume"),
+    ("structure_ablation", TINY + ["--apet-match", "dora"], "unknown method"),
+    ("structure_ablation", with_flag(TINY, "--models", ","), "empty list"),
+    ("convergence", with_flag(TINY, "--tasks", "sst2,sst3"), "unknown task"),
+    ("transfer", TINY + ["--methods", "zzz"], "unknown method"),
 ]
+
+
+def files(tmp_path: Path) -> dict[str, str]:
+    """Bad files of every kind a user can hand over."""
+    (tmp_path / "small.csv").write_text('text,label\n"good",1\n"bad",0\n"fine",1\n"poor",0\n')
+    (tmp_path / "wrong_columns.yaml").write_text("name: t\ntrain: small.csv\ntext_columns: [review]\nlabel_column: label\n")
+    (tmp_path / "no_split.yaml").write_text("name: t\ntrain: missing.csv\ntext_columns: [text]\nlabel_column: label\n")
+    (tmp_path / "bad_key.yaml").write_text("name: t\ntrain: small.csv\ntext_columns: [text]\nlabel_column: label\ncolour: red\n")
+    (tmp_path / "not_yaml.yaml").write_text("name: [unclosed\n")
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    return {name: str(tmp_path / name) for name in ("small.csv", "wrong_columns.yaml", "no_split.yaml", "bad_key.yaml",
+                                                    "not_yaml.yaml", "corrupt.parquet", "a_file", "list.yaml")}
+
+
+FILE_CASES = [  # (script, flag, file, message)
+    ("structure_ablation", "--tasks", "wrong_columns.yaml", "no column 'review'"),
+    ("structure_ablation", "--tasks", "no_split.yaml", "missing.csv"),
+    ("structure_ablation", "--tasks", "bad_key.yaml", "colour"),
+    ("structure_ablation", "--tasks", "not_yaml.yaml", "not valid YAML"),
+    ("structure_ablation", "--tasks", "missing.yaml", "not found"),
+    ("structure_ablation", "--config", "list.yaml", "expected option: value pairs"),
+    ("structure_ablation", "--config", "not_yaml.yaml", "not valid YAML"),
+    ("structure_ablation", "--results", "a_file", "is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("name,flag,file,message", FILE_CASES, ids=[f"{n}:{f}:{m}" for n, f, _, m in FILE_CASES])
+def test_bad_files_are_refused_in_one_line_before_ray(name, flag, file, message, tmp_path):
+    paths = files(tmp_path)
+    argv = TINY + [flag, paths.get(file, str(tmp_path / file))]
+    if flag != "--results":
+        argv += ["--results", str(tmp_path / "results")]
+    with pytest.raises(UserError) as info:
+        script(name).run(argv)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not ray.is_initialized()
+
+
+TRAIN = ["train", "--model", "tiny-bert", "--task", "sst2", "--data-dir", DATA, "--max-steps", "2", "--eval-every", "1",
+         "--workers", "0"]
+TRAIN_CASES = [  # `apet-ray train`: (extra flags, message); {f} names the bad files
+    (["--method", "zzz"], "unknown method"),
+    (["--op", "glue"], "only apply to --method apet"),
+    (["--method", "apet", "--budget", "-5"], "budget must be positive"),
+    (["--method", "apet", "--budget", "1000000000000"], "larger than the capacity"),
+    (["--method", "apet", "--op", "concat", "--size", "10000000", "--budget", "100"], "size 10,000,000 is larger"),
+    (["--method", "apet", "--op", "plugin", "--density", "2", "--budget", "100"], "density"),
+    (["--method", "apet", "--positions", "elbow", "--budget", "100"], "unknown position 'elbow'"),
+    (["--method", "apet"], "needs --budget N or --match METHOD"),
+    (["--seed", "99999999999999999999"], "seed must be a whole number from 0"),
+    (["--method", "prompt", "--max-input-len", "600"], "positions, but the model has 512"),
+    (["--transfer-to", "nope"], "unknown task 'nope'"),
+    (["--max-failures", "-1"], "--max-failures must be 0 or more"),
+    (["--batch-size", "-1"], "batch_size must be a positive whole number"),
+    (["--out", "{f}/a_file"], "is a file, not a folder"),
+    (["--train-file", "{f}/corrupt.parquet", "--text-columns", "text", "--label-column", "label"], "cannot read it"),
+    (["--train-file", "{f}/small.csv", "--text-columns", "review", "--label-column", "label"], "no column 'review'"),
+    (["--train-file", "{f}/small.csv"], "a label column (classification) or a target column"),
+    (["--train-file", "{f}/small.csv", "--text-columns", "text", "--label-column", "label", "--task", "sst2"],
+     "is a built-in task"),
+    (["--task", "{f}/wrong_columns.yaml"], "no column 'review'"),
+    (["--resume", "--workers", "1"], "nothing to resume"),
+]
+
+
+@pytest.mark.parametrize("extra,message", TRAIN_CASES, ids=[m for _, m in TRAIN_CASES])
+def test_train_refuses_bad_input_in_one_line(extra, message, tmp_path, capsys):
+    from apet_ray.cli import main
+
+    files(tmp_path)
+    argv = TRAIN + [a.replace("{f}", str(tmp_path)) for a in extra]
+    if "--out" not in extra:
+        argv += ["--out", str(tmp_path / "out")]
+    if "--task" in extra or "--train-file" in extra:  # the case's own task replaces the default one
+        i = argv.index("--task")
+        del argv[i:i + 2]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "out" / "trials").exists()
 
 
 @pytest.mark.parametrize("name,argv,message", CASES, ids=[f"{n}:{m}" for n, _, m in CASES])
@@ -130,7 +240,8 @@ def test_yaml_values_are_typed_like_flags(tmp_path):
         parse(study_arguments("t", parser.DEFAULTS), TINY + ["--config", str(cfg)])
 
 
-@pytest.mark.parametrize("argv", [["--max-steps", "many"], ["--no-such-flag"], ["--seeds"]])
+@pytest.mark.parametrize("argv", [["--max-steps", "many"], ["--no-such-flag"], ["--seeds"], ["--profile", "huge"],
+                                  ["--lr", "fast"], ["--workers", "two"]])
 def test_a_bad_flag_is_one_line_with_a_pointer_to_help(argv, capsys):
     with pytest.raises(SystemExit) as info:
         script("structure_ablation").run(argv)

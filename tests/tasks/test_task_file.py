@@ -42,7 +42,7 @@ def test_a_three_class_task_file_becomes_a_task_with_its_own_name_and_labels(tmp
     ("train: tickets.csv\nlabel_column: team\n", ROWS, "needs 'text_columns'"),
     (GOOD, [("only one team", "billing")] * 5, "at least two distinct values"),
     ("- just\n- a list\n", ROWS, "a mapping of keys"),
-    ("name: [unclosed\n", ROWS, "not valid yaml"),
+    ("name: [unclosed\n", ROWS, "not valid YAML"),
 ])
 def test_bad_task_files_are_refused_in_one_line(tmp_path, yaml, rows, message):
     with pytest.raises(UserError, match=message) as info:
