@@ -1,7 +1,8 @@
 """Sparse (apet-ray) vs naive dense masked delta on one MiniLM-sized linear layer.
 
 Measures, side by side in one run, for a frozen ``nn.Linear`` of all-MiniLM-L6-v2 size
-(384 -> 384 and 384 -> 1536, input 32 x 128 tokens, float32):
+(384 -> 384 and 384 -> 1536, input 32 x 128 tokens, float32, or bf16 autocast with
+``--precision bf16``):
 
   floor     the frozen layer alone: forward + backward to the input only, no optimizer
   discrete  apet-ray ``DeltaLinear`` + ``MaskedTensor`` with a ``masks.discrete`` mask
@@ -29,7 +30,7 @@ dense: delta only).
 Before timing, the script asserts that discrete (and adjacent) and dense give the same
 forward output and the same gradient on the masked entries for the same mask and values.
 
-    python benchmarks/sparse_vs_dense.py [--reps N] [--warmup N] [--out DIR] [--device cpu|cuda]
+    python benchmarks/sparse_vs_dense.py [--reps N] [--warmup N] [--out DIR] [--device cpu|cuda] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -117,13 +118,17 @@ def build(variant: str, base: nn.Linear, k: int, seed: int) -> dict:
     return {"module": module, "opt": opt, "ckpt": ckpt, "ckpt_seeded": seeded}
 
 
+BF16 = False  # --precision bf16: forward and backward under bf16 autocast (what --precision auto picks on AMX CPUs)
+
+
 def step(v: dict, x: torch.Tensor, grad_out: torch.Tensor) -> None:
     opt = v["opt"]
     if opt is not None:
         opt.zero_grad(set_to_none=True)
     x.grad = None
-    y = v["module"](x)
-    y.backward(grad_out)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=BF16):
+        y = v["module"](x)
+    y.backward(grad_out.to(y.dtype))
     if opt is not None:
         opt.step()
 
@@ -280,7 +285,7 @@ def markdown(rows: list[dict], info: dict, key: dict, args) -> str:
     lines = [
         "# Sparse (apet-ray) vs naive dense masked delta, one linear layer",
         "",
-        f"Input {BATCH} x {SEQ} tokens, float32, device `{info['device']}`"
+        f"Input {BATCH} x {SEQ} tokens, {args.precision}, device `{info['device']}`"
         + (f" ({info['device_name']})" if "device_name" in info else "")
         + f", torch {info['torch']}, {info['torch_threads']} threads, {info['cpu_count']} CPUs, "
         f"`{info['platform']}`, load average (1/5/15 min) {info['loadavg_start']} at start, "
@@ -339,7 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: autocast around each step (the correctness check stays fp32)")
     args = ap.parse_args(argv)
+    global BF16
+    BF16 = args.precision == "bf16"
+    stem = "sparse_vs_dense" + ("_bf16" if BF16 else "")
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -366,16 +376,16 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "sparse_vs_dense",
         "machine": info,
         "config": {"shapes_in_out": SHAPES, "densities": DENSITIES, "batch": BATCH, "seq": SEQ,
-                   "dtype": "float32", "optimizer": "AdamW", "lr": LR, "weight_decay": WEIGHT_DECAY,
+                   "dtype": "bfloat16 autocast" if BF16 else "float32", "optimizer": "AdamW", "lr": LR, "weight_decay": WEIGHT_DECAY,
                    "reps": args.reps, "warmup": args.warmup, "seed": args.seed},
         "correctness": "asserted: discrete and adjacent == dense (forward allclose, masked grads allclose)",
         "rows": rows,
         "key_ratios_at_0.1pct": key,
         "wall_s": time.perf_counter() - t_start,
     }
-    (out / "sparse_vs_dense.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "sparse_vs_dense.md").write_text(md)
-    print(f"wrote {out / 'sparse_vs_dense.json'} and {out / 'sparse_vs_dense.md'} "
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(md)
+    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'} "
           f"in {result['wall_s']:.0f} s", file=sys.stderr)
     return 0
 

@@ -135,6 +135,9 @@ def train_on_session(session, cfg: TrainConfig, threads: int, earlier: str | os.
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:  # read whole, before Ray may prune it
             restored = read_checkpoint(folder)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"[apet-ray] {cfg.spec.label}: restarted from step {restored.record.steps_run} (Ray's checkpoint)",
+                  flush=True)
     elif earlier is not None:
         restored = read_checkpoint(earlier)
         print(f"[apet-ray] {cfg.spec.label}: continuing from step {restored.record.steps_run} ({earlier})", flush=True)

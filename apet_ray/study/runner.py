@@ -393,12 +393,13 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
                                     reuse_actors=workers == 0,
                                     trial_name_creator=trial_name,
                                     trial_dirname_creator=trial_dirname),
-        # a Train run retries itself (make_trainer); a trial that trains in its own process
-        # is retried by Tune, from its last checkpoint
+        # a Train run restarts its worker group itself (make_trainer); Tune retries a trial
+        # whose own process died (with the node it ran on), from its last checkpoint -- for a
+        # Train run, the new trial's TorchTrainer finds it under the same run name
         # verbose 0: Progress prints one line per trial instead of Tune's config dumps
         run_config=tune.RunConfig(name=name, storage_path=str(results / "ray"), callbacks=[writer, progress, *callbacks],
                                   verbose=0, stop=stopper,
-                                  failure_config=tune.FailureConfig(max_failures=1 if workers == 0 else 0),
+                                  failure_config=tune.FailureConfig(max_failures=1),
                                   # --workers 0 checkpoints through Tune: keep two, as a Train run does
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
