@@ -49,16 +49,30 @@ class Cluster:
         return done
 
     def processes(self, node: str = "") -> list[psutil.Process]:
-        """Every process of this cluster (or of one node: "head", "w1", "w2")."""
+        """Every process of this cluster (or of one node: "head", "w1", "w2"): those started
+        with its temp dir on their command line (raylet, GCS, dashboard...) and all their
+        descendants (workers and actors retitle themselves, ``ray::RayTrainWorker``)."""
         where = str(self.root / node)
-        found = []
+        found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
             try:
                 if any(where in part for part in proc.info["cmdline"] or []):
-                    found.append(proc)
+                    found[proc.pid] = proc
+                    found.update({c.pid: c for c in proc.children(recursive=True)})
             except psutil.Error:
                 pass
-        return found
+        return list(found.values())
+
+    def node_of(self, title: str) -> str | None:
+        """The worker node ("w1", "w2") whose processes include one titled ``title``."""
+        for node in ("w1", "w2"):
+            for proc in self.processes(node):
+                try:
+                    if title in " ".join(proc.cmdline()):
+                        return node
+                except psutil.Error:
+                    pass
+        return None
 
     def kill(self, node: str = "") -> int:
         procs = self.processes(node)
@@ -129,9 +143,7 @@ def test_losing_a_worker_node_mid_trial_costs_only_that_trials_steps_since_its_c
     deadline, victim = time.time() + 400, None
     while time.time() < deadline and victim is None:  # a Train worker past its first checkpoint
         if list((results / "ray" / "train").glob("*/checkpoint_*")):
-            for node in ("w1", "w2"):
-                if any("RayTrainWorker" in " ".join(p.cmdline()) for p in cluster.processes(node) if p.is_running()):
-                    victim = node
+            victim = cluster.node_of("RayTrainWorker")
         time.sleep(0.2)
     assert victim, "no Train worker was found mid-trial"
     killed_at = time.time()

@@ -75,8 +75,10 @@ def test_frozen_weights_are_untouched_and_counts_are_reported(tmp_path):
     assert len(out.history) == 3 and out.steps_run == 12 and out.finished
     assert out.family == "bert" and out.peak_memory_mb > 0 and out.tokens_per_s > 0
     assert out.checkpoint_bytes == (rec.folders[-1] / "deltas.safetensors").stat().st_size
-    # every report carries the record so far: the last one is the returned record's history
-    assert rec.metrics[-1]["record"]["history"] == out.history
+    # each report carries only the evaluations since the previous one: put together, they
+    # are the returned record's history
+    assert [m["history_from"] for m in rec.metrics] == [0, 1, 2]
+    assert [h for m in rec.metrics for h in m["record"]["history"]] == out.history
 
 
 def test_checkpoint_of_k_discrete_values_is_O_k(tmp_path):
