@@ -130,7 +130,7 @@ def test_a_study_submitted_as_a_ray_job_runs_on_the_worker_nodes(cluster, tmp_pa
     done = submit(cluster, tmp_path / "results", "apet-two-nodes", "--max-steps", "4", "--eval-every", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     table = trials(tmp_path / "results")
-    assert len(table) == 3 and set(table.status) == {"finished"} and (table.workers == 1).all()
+    assert len(table) == 3 and set(table.status) == {"finished"}
     logs = cluster.ray("job", "logs", "apet-two-nodes", "--address", cluster.dashboard).stdout
     assert "[apet-ray] structure_ablation: 3 trials" in logs and logs.count("[apet-ray] finished") == 3
     assert "1 worker(s) each" in logs  # Ray Train runs on the cluster, not in-trial training
@@ -149,14 +149,17 @@ def test_losing_a_worker_node_mid_trial_costs_only_that_trials_steps_since_its_c
     killed_at = time.time()
     assert cluster.kill(victim) >= 2  # its raylet and everything on it, at once
     status = ""
-    while time.time() < killed_at + 500 and "SUCCEEDED" not in status and "FAILED" not in status:
+    while time.time() < killed_at + 500 and not re.search(r"succeeded|failed|stopped", status):
         time.sleep(2)
-        status = cluster.ray("job", "status", "apet-node-loss", "--address", cluster.dashboard, check=False).stdout
+        job = cluster.ray("job", "status", "apet-node-loss", "--address", cluster.dashboard, check=False)
+        status = (job.stdout + job.stderr).lower()
+    finished_at = time.time()
     logs = cluster.ray("job", "logs", "apet-node-loss", "--address", cluster.dashboard).stdout
-    assert "SUCCEEDED" in status, logs[-4000:]
+    print("\n".join(line for line in logs.splitlines() if re.search(r"restarted|continuing|died|lost|finished \d", line)))
+    assert "succeeded" in status, logs[-4000:]
     table = trials(results)
     assert len(table) == 3 and table.trial_id.is_unique and set(table.status) == {"finished"}
     steps = curves(results).groupby("trial_id").step.apply(list)
     assert all(s == [100, 200, 300, 400] for s in steps), steps  # no step twice, none missing
     assert re.search(r"restarted from step (100|200|300) \(Ray's checkpoint\)", logs), logs[-4000:]
-    print(f"node {victim} killed; the study finished {time.time() - killed_at:.0f} s later")
+    print(f"node {victim} killed; the study finished {finished_at - killed_at:.0f} s later")
