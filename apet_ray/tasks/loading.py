@@ -285,7 +285,7 @@ def _answers(value: object) -> tuple[str, ...]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # not JSON, or nested past any answer's depth
                 return (value,) if text else ()
         else:
             return (value,) if text else ()

@@ -107,3 +107,11 @@ def test_holdout_indices():
     assert len(holdout_indices(3, 0.1)[1]) == 1  # at least one eval row
     with pytest.raises(UserError, match="cannot split 1 row"):
         holdout_indices(1)
+
+
+def test_a_target_of_nested_brackets_is_text_not_a_recursion_error():
+    from apet_ray.tasks.loading import _answers
+
+    deep = "[" * 100_000 + "]" * 100_000  # json.loads recurses once per bracket
+    assert _answers(deep) == (deep,)
+    assert _answers('["Paris", "paris"]') == ("Paris", "paris")
