@@ -102,11 +102,12 @@ def make_plan(model: nn.Module, spec: DeltaSpec) -> Plan:
     size = None
     if spec.op in ("concat", "plugin"):
         size = spec.size if spec.distribution == "full" or spec.size is not None else _pick_size(backbone, hosts, spec, requested)
-        if spec.size is not None and hosts and spec.size > _max_size(backbone, hosts):
-            # the weights would be allocated densely before the mask is drawn: a size no
-            # layer can use is a mistake, refused here rather than as an out-of-memory
+        # the weights would be allocated densely before the mask is drawn: a size no layer
+        # can use is a mistake, refused here rather than as an out-of-memory
+        most = _max_size(backbone, hosts) if spec.size is not None and hosts else None
+        if most is not None and spec.size > most:
             raise UserError(f"size {spec.size:,} is larger than {spec.op} at {', '.join(spec.positions)} can use on "
-                            f"this model (at most {_max_size(backbone, hosts):,}: {_SIZE_LIMIT[hosts[0][0]]})")
+                            f"this model (at most {most:,}: {_SIZE_LIMIT[hosts[0][0]]})")
     for kind, path, param in hosts:
         module = backbone.get_submodule(path) if path else backbone
         plan.placements.append(_placement(kind, prefix + path if path else prefix.rstrip("."), module, param, size, backbone))

@@ -146,7 +146,7 @@ def read_results(results_dir: str | os.PathLike[str]) -> tuple[Results, list[str
         combined = pa.concat_tables(parts) if parts else nullable.empty_table()
         frames[table] = combined.to_pandas()
     # cross-check: curves are always written with the trial; trials are written last
-    present = {t: {p.stem for p in (root / t).glob("*.parquet")} for t in TABLES}
+    present = {t: trial_ids(root, t) for t in TABLES}
     for trial_id in sorted(ids["trials"] - present["curves"]):
         problems.append(f"curves/{trial_id}.parquet: missing (trials/{trial_id}.parquet exists)")
     for table in ("curves", "transfer"):
@@ -157,6 +157,12 @@ def read_results(results_dir: str | os.PathLike[str]) -> tuple[Results, list[str
             )
     results = Results(frames["trials"], frames["curves"], frames["transfer"], files)
     return results, problems
+
+
+def trial_ids(results_dir: str | os.PathLike[str], table: str = "trials") -> set[str]:
+    """Trial ids with a file in ``table`` (readable or not): for ``trials``, the trials that
+    are recorded, finished or stopped, and never run again."""
+    return {p.stem for p in (Path(results_dir) / table).glob("*.parquet")}
 
 
 def count_files(results_dir: str | os.PathLike[str]) -> int:

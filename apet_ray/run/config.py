@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from apet_ray.delta import DeltaSpec, attach, count_backbone, count_deltas
+from apet_ray.delta.ops import PromptTokens
 from apet_ray.errors import UserError
 from apet_ray.models import DEFAULT_MODEL, build_model
 from apet_ray.tasks import Task, custom_task, get_task, load_examples
@@ -116,8 +117,6 @@ _POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "mpnet": 2}
 def check_positions(model, family: str, max_input_len: int, task: Task) -> None:
     """Soft prompt + input (+ generated target, decoder-only) must fit the model's position
     table, or the first forward fails deep inside the model."""
-    from apet_ray.delta.ops import PromptTokens
-
     config = getattr(getattr(model, "backbone", model), "config", None)
     limit = getattr(config, "max_position_embeddings", None)
     if not limit:  # T5: relative positions, no table

@@ -3,7 +3,8 @@ Tune trial that trains in its own process, and the ``TorchTrainer`` of one run.
 
 Local by default (a Ray instance on this machine, every Ray service on 127.0.0.1, the
 dashboard at 127.0.0.1:8265); the same code joins a cluster with ``address="auto"`` or
-``ray://...``. Both Ray paths are one hop from the loop: ``train_on_session(ray.train | ray.tune, cfg) -> train(cfg, report, restored)``.
+``ray://...``. Both Ray paths are one hop from the loop:
+``train_on_session(ray.train | ray.tune, cfg) -> train(cfg, report, restored)``.
 """
 
 from __future__ import annotations

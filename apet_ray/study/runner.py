@@ -25,6 +25,7 @@ from pathlib import Path
 from apet_ray.atomic import owning, write_text
 from apet_ray.errors import Interrupted, UserError
 from apet_ray.run.config import RunPlan, TrainConfig, check_config
+from apet_ray.results import trial_ids
 from apet_ray.run.record import RunRecord
 from apet_ray.study.lr_search import with_lr
 
@@ -225,11 +226,6 @@ def latest_checkpoint(ray_dir: Path, name: str, cfg: TrainConfig) -> Path | None
     return best
 
 
-def recorded_trials(results: Path) -> set[str]:
-    """Trial ids with a row in the trials table: finished (or stopped) and never run again."""
-    return {p.stem for p in (results / "trials").glob("*.parquet")}
-
-
 def experiment_name(results: Path, study: str) -> str:
     """The Tune experiment of this attempt: ``<study>`` first, ``<study>.2``, ``.3``... for each
     resume, so earlier attempts' checkpoints stay where their trials can find them."""
@@ -360,7 +356,7 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
     if study.resume and searcher is None:
         # apet-ray's own state, not Tune's pickled one: the trials table says what is done,
         # each trial finds its own last checkpoint (latest_checkpoint; a Train run by its name)
-        recorded = recorded_trials(results)
+        recorded = trial_ids(results)
         grid = [g for g in grid if g["trial_id"] not in recorded]
         print(f"[apet-ray] resuming {study.study}: {len(recorded & {trial_id(t, study.study) for t in trials})} trials "
               f"recorded, {len(grid)} to run (Tune experiment {name})", flush=True)
@@ -409,7 +405,8 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
     errors = [r.error for r in grid_result if r.error is not None]
     if progress.rows:
         print(progress.table(), flush=True)
-    missing = [g["name"] for g in grid if g["trial_id"] not in recorded_trials(results)] if searcher is None else []
+    recorded = trial_ids(results)  # once: a glob of the trials folder
+    missing = [g["name"] for g in grid if g["trial_id"] not in recorded] if searcher is None else []
     if missing and not errors:  # Tune returns early on SIGINT (and SIGTERM, turned into one)
         raise Interrupted(f"{study.study} interrupted after {time.time() - started:.0f} s with {len(missing)} of "
                           f"{len(grid)} trials not recorded; rerun the same command with --resume to continue "
