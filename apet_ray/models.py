@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -88,6 +89,7 @@ class EncoderClassifier(nn.Module):
             dropout = getattr(backbone.config, "hidden_dropout_prob", 0.1)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.config.hidden_size, num_labels))
         self.prompt: nn.Module | None = None
+        self._takes_types = _accepts(backbone, "token_type_ids")  # DistilBERT has no token types
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None) -> dict:
         embeds = self.backbone.get_input_embeddings()(input_ids)
@@ -98,7 +100,7 @@ class EncoderClassifier(nn.Module):
             pool_mask = torch.cat([torch.zeros_like(attention_mask[:, : self.prompt.length]), pool_mask], dim=1)
             if token_type_ids is not None:
                 token_type_ids = torch.cat([torch.zeros_like(token_type_ids[:, :1]).expand(-1, self.prompt.length), token_type_ids], 1)
-        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}  # MPNet has none
+        types = {} if token_type_ids is None or not self._takes_types else {"token_type_ids": token_type_ids}
         hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, **types).last_hidden_state
         weights = pool_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
@@ -155,15 +157,18 @@ class CausalLM(nn.Module):
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.backbone = backbone
+        self.backbone = _conv1d_as_linear(backbone)
         self.prompt: nn.Module | None = None
+        self._takes_positions = _accepts(backbone, "position_ids")  # BLOOM's ALiBi reads the mask alone
 
     def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         embeds = self.backbone.get_input_embeddings()(ids)
         if self.prompt is not None:
             embeds, mask = self.prompt.prepend(embeds, mask)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
-        logits = self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        extra = {}
+        if self._takes_positions:  # left padding: count real tokens only
+            extra["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = self.backbone(inputs_embeds=embeds, attention_mask=mask, **extra).logits
         return logits[:, -ids.shape[1]:]  # the tokens' positions, not the soft prompt's
 
     def forward(self, input_ids, attention_mask, labels=None, **_) -> dict:
@@ -202,6 +207,33 @@ class CausalLM(nn.Module):
             ids = torch.cat([ids, token[:, None]], 1)
             mask = torch.cat([mask, (~done | (token == config.eos_token_id)).long()[:, None]], 1)
         return torch.stack(out, 1) if out else input_ids[:, :0]
+
+
+def _accepts(backbone: nn.Module, argument: str) -> bool:
+    return argument in inspect.signature(backbone.forward).parameters
+
+
+def _conv1d_as_linear(backbone: nn.Module) -> nn.Module:
+    """GPT-2's ``Conv1D`` is a Linear whose weight is stored (in, out): turned into an
+    ``nn.Linear`` once, so the delta engine knows one layer type. On the meta device (a
+    count, or an FSDP rank that receives its shards) nothing is copied."""
+    from transformers.pytorch_utils import Conv1D
+
+    for path, module in list(backbone.named_modules()):
+        if not isinstance(module, Conv1D):
+            continue
+        in_f, out_f = module.weight.shape
+        weight = module.weight
+        linear = nn.Linear(in_f, out_f, bias=module.bias is not None, device=weight.device, dtype=weight.dtype)
+        if not weight.is_meta:
+            with torch.no_grad():
+                linear.weight.copy_(weight.t())
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+        linear.requires_grad_(weight.requires_grad)
+        parent, _, name = path.rpartition(".")
+        setattr(backbone.get_submodule(parent), name, linear)
+    return backbone
 
 
 def _left_pad(rows: list[list[int]], tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,10 +371,11 @@ def build_model(name: str, num_labels: int | None = None, device: str | torch.de
         where = _verified(where)
     with torch.device("meta" if meta else "cpu"):
         if info.family == "bert":
+            no_pooler = _without_pooler(config)
             if meta or not info.pretrained:
-                backbone = AutoModel.from_config(config, add_pooling_layer=False)
+                backbone = AutoModel.from_config(config, **no_pooler)
             else:
-                backbone = _pretrained(AutoModel, where, name, info, add_pooling_layer=False)
+                backbone = _pretrained(AutoModel, where, name, info, **no_pooler)
             model = EncoderClassifier(backbone, num_labels)
         elif info.family == "t5":
             if meta or not info.pretrained:
@@ -361,6 +394,13 @@ def build_model(name: str, num_labels: int | None = None, device: str | torch.de
     if not info.pretrained and not meta:
         log.warning("%s is randomly initialised (untrained): use it for tests and smoke runs only", name)
     return model, info
+
+
+def _without_pooler(config: PretrainedConfig) -> dict:
+    """The classifier pools the hidden states itself: BERT-style encoders are built without
+    their pooler (DistilBERT and DeBERTa-v2 have none to leave out)."""
+    cls = AutoModel._model_mapping[type(config)]
+    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
 
 
 def _untie_head(backbone: T5ForConditionalGeneration, where: str | Path) -> T5ForConditionalGeneration:

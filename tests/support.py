@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import (BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, T5Config, T5ForConditionalGeneration)
+from transformers import (BertConfig, BertModel, BloomConfig, BloomForCausalLM, DebertaV2Config, DebertaV2Model,
+                          DistilBertConfig, DistilBertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM, T5Config,
+                          T5ForConditionalGeneration)
 
-from apet_ray.models import CausalLM, EncoderClassifier, Seq2SeqLM
+from apet_ray.models import TINY, CausalLM, EncoderClassifier, Seq2SeqLM, minilm_path
 
 SHARED = Path(os.environ.get("APET_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve()
 
@@ -38,7 +41,46 @@ DECODERS = {
                                             pad_token_id=0, bos_token_id=1, eos_token_id=2, dropout=0.0,
                                             attention_dropout=0.0, tie_word_embeddings=False,
                                             activation_function="gelu")),  # ReLU units die by data (test_plan)
+    # fused q/k/v: GPT-2 in Conv1D layers with a tied head, BLOOM with ALiBi and no position table
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=120, n_embd=32, n_inner=48, n_layer=2, n_head=4,
+                                               n_positions=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
+    "bloom": lambda: BloomForCausalLM(BloomConfig(vocab_size=120, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0,
+                                                  bos_token_id=1, eos_token_id=2, hidden_dropout=0.0,
+                                                  attention_dropout=0.0)),
 }
+
+
+# The same tiny architectures with the MiniLM tokenizer's vocabulary, for runs through
+# apet-ray's loader (saved_model): DistilBERT, DeBERTa-v2, GPT-2 and BLOOM beside the presets.
+_SAVABLE = {
+    "bert": lambda: BertModel(TINY["tiny-bert"](), add_pooling_layer=False),
+    "t5": lambda: T5ForConditionalGeneration(TINY["tiny-t5"]()),
+    "llama": lambda: LlamaForCausalLM(TINY["tiny-llama"]()),
+    "distilbert": lambda: DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, hidden_dim=64, n_layers=2, n_heads=4,
+                                                           dropout=0.0, attention_dropout=0.0)),
+    "deberta-v2": lambda: DebertaV2Model(DebertaV2Config(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                                         num_attention_heads=4, intermediate_size=64, relative_attention=True,
+                                                         pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                                                         position_biased_input=False, position_buckets=16, type_vocab_size=0,
+                                                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=30522, n_embd=32, n_inner=64, n_layer=2, n_head=4,
+                                               n_positions=512, pad_token_id=0, bos_token_id=101, eos_token_id=102,
+                                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
+    "bloom": lambda: BloomForCausalLM(BloomConfig(vocab_size=30522, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0,
+                                                  bos_token_id=101, eos_token_id=102, hidden_dropout=0.0,
+                                                  attention_dropout=0.0)),
+}
+
+
+def saved_model(kind: str, folder: Path) -> Path:
+    """A tiny random model saved as a real model folder: safetensors weights, the MiniLM tokenizer."""
+    torch.manual_seed(0)
+    _SAVABLE[kind]().save_pretrained(folder)
+    for f in minilm_path().iterdir():
+        if f.is_file() and "token" in f.name or f.name == "vocab.txt":
+            shutil.copy(f, folder / f.name)
+    return folder
 
 
 def tiny_decoder(family: str, seed: int = 0) -> CausalLM:

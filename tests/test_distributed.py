@@ -7,34 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from transformers import BertModel, LlamaForCausalLM, T5ForConditionalGeneration
-
 from apet_ray.delta import DeltaSpec
-from apet_ray.models import TINY, minilm_path
 from apet_ray.run import RunRecord, TrainConfig, train
+from support import saved_model
 
 pytestmark = pytest.mark.timeout(300)
 DATA = str(Path(__file__).parent / "fixtures" / "data")
-
-
-def _saved(kind: str, folder: Path) -> Path:
-    """A tiny random model saved as a real model folder: safetensors weights, the MiniLM tokenizer."""
-    torch.manual_seed(0)
-    model = {"bert": lambda: BertModel(TINY["tiny-bert"](), add_pooling_layer=False),
-             "t5": lambda: T5ForConditionalGeneration(TINY["tiny-t5"]()),
-             "llama": lambda: LlamaForCausalLM(TINY["tiny-llama"]())}[kind]()
-    model.save_pretrained(folder)
-    for f in minilm_path().iterdir():
-        if f.is_file() and "token" in f.name or f.name == "vocab.txt":
-            shutil.copy(f, folder / f.name)
-    return folder
 
 
 def _config(model: Path, method: str) -> TrainConfig:
@@ -69,9 +53,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("kind,method", [("bert", "lora"), ("bert", "apet"), ("t5", "prompt"), ("t5", "bitfit"),
-                                         ("llama", "lora"), ("llama", "prompt")])
+                                         ("llama", "lora"), ("llama", "prompt"), ("gpt2", "lora")])
 def test_each_rank_holds_only_its_shard_and_the_run_matches_one_process(tmp_path, kind, method):
-    cfg = _config(_saved(kind, tmp_path / "model"), method)
+    cfg = _config(saved_model(kind, tmp_path / "model"), method)
     reference = train(TrainConfig(**{**cfg.__dict__, "strategy": "none"}), lambda metrics, folder: None)
     mp.spawn(_worker, args=(cfg.to_dict(), str(tmp_path), _free_port()), nprocs=2, join=True)
     record = RunRecord.from_dict(json.loads((tmp_path / "record.json").read_text()))

@@ -9,6 +9,7 @@ from apet_ray.data import global_batch, shard
 from apet_ray.delta import DeltaSpec, read_deltas
 from apet_ray.errors import UserError
 from apet_ray.run import TrainConfig, check_config, read_checkpoint, steps_to_converge, train
+from support import saved_model
 
 DATA = str(Path(__file__).parent / "fixtures" / "data")
 
@@ -165,10 +166,23 @@ def _task_file(tmp_path: Path, kind: str):
     return read_task_file(tmp_path / f"{kind}.yaml")
 
 
-@pytest.mark.parametrize("kind", ["sa", "nli", "sum"])
-def test_a_decoder_only_model_trains_end_to_end(tmp_path, kind):
+@pytest.mark.parametrize("family", ["distilbert", "deberta-v2"])
+def test_an_encoder_family_beyond_bert_trains_end_to_end(tmp_path, family):
+    cfg = tiny(model=str(saved_model(family, tmp_path / family)), spec=DeltaSpec.pet("lora"), max_steps=6, eval_every=3,
+               eval_limit=8, lr=1e-2)
+    out = train(cfg, Recorder(tmp_path / "run"))
+    assert out.family == "bert" and out.steps_run == 6 and out.total_params > 0
+    losses = [h["loss"] for h in out.history]
+    assert all(torch.isfinite(torch.tensor(losses))) and 0.0 <= out.final_score <= 1.0
+
+
+@pytest.mark.parametrize("model,kind", [("tiny-llama", "sa"), ("tiny-llama", "nli"), ("tiny-llama", "sum"),
+                                        ("gpt2", "sa"), ("gpt2", "sum"), ("bloom", "nli")])
+def test_a_decoder_only_model_trains_end_to_end(tmp_path, model, kind):
     task, custom = ("sst2", None) if kind == "sa" else _task_file(tmp_path, kind)
-    cfg = tiny(model="tiny-llama", task=task, custom=custom, spec=DeltaSpec.pet("lora"), max_steps=6, eval_every=3,
+    if not model.startswith("tiny-"):  # GPT-2 (Conv1D, fused q/k/v), BLOOM (fused, ALiBi) as model folders
+        model = str(saved_model(model, tmp_path / model))
+    cfg = tiny(model=model, task=task, custom=custom, spec=DeltaSpec.pet("lora"), max_steps=6, eval_every=3,
                eval_limit=8, lr=1e-2, data_dir=DATA if kind == "sa" else None)
     out = train(cfg, Recorder(tmp_path))
     assert out.family == "causal" and out.random_guess == 0.0 and out.steps_run == 6

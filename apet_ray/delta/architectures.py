@@ -152,6 +152,51 @@ MPNET = Family(
     bitfit_roles=("query", "key", "value", "attn_out", "ffn_out"),  # as BERT's
 )
 
+# DistilBERT: BERT's blocks, six of them, under shorter names; no token types.
+DISTILBERT = Family(
+    name="distilbert",
+    model_types=("distilbert",),
+    kind="bert",
+    stacks=("transformer.layer",),
+    roles={
+        "query": _at("attention.q_lin"),
+        "key": _at("attention.k_lin"),
+        "value": _at("attention.v_lin"),
+        "attn_out": _at("attention.out_lin"),
+        "ffn_in": _at("ffn.lin1"),
+        "ffn_out": _at("ffn.lin2"),
+        "norm": _at("sa_layer_norm", "output_layer_norm"),
+    },
+    input_embeddings="embeddings.word_embeddings",
+    norms_outside_blocks=("embeddings.LayerNorm",),
+    linear_roles=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
+    bitfit_roles=("query", "key", "value", "attn_out", "ffn_out"),  # as BERT's
+)
+
+# DeBERTa-v2 and v3 (one model type): BERT's layout with *_proj names; the relative-position
+# table and its LayerNorm sit in the encoder, outside the blocks. The position projections of
+# un-shared attention keys (share_att_key=False) are not a role: the paper's positions are
+# the content projections.
+DEBERTA_V2 = Family(
+    name="deberta-v2",
+    model_types=("deberta-v2",),
+    kind="bert",
+    stacks=("encoder.layer",),
+    roles={
+        "query": _at("attention.self.query_proj"),
+        "key": _at("attention.self.key_proj"),
+        "value": _at("attention.self.value_proj"),
+        "attn_out": _at("attention.output.dense"),
+        "ffn_in": _at("intermediate.dense"),
+        "ffn_out": _at("output.dense"),
+        "norm": _at("attention.output.LayerNorm", "output.LayerNorm"),
+    },
+    input_embeddings="embeddings.word_embeddings",
+    norms_outside_blocks=("embeddings.LayerNorm", "encoder.LayerNorm"),
+    linear_roles=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
+    bitfit_roles=("query", "key", "value", "attn_out", "ffn_out"),  # as BERT's
+)
+
 _CAUSAL_LINEAR = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 
 # Llama-style decoders (Llama, Qwen2/3, Mistral): q/k/v/o, a gated FFN, RMS norms.
@@ -198,7 +243,57 @@ OPT = Family(
     bitfit_roles=_CAUSAL_LINEAR,  # the release's OPT BitFit: every "bias" (OPT's head has none)
 )
 
-FAMILIES = (BERT, MPNET, T5, LLAMA, OPT)
+# Fused attention: one layer computes q, k and v together, so "query", "key" and "value"
+# (and "qkv") are that one layer, and LoRA on q and v is LoRA on the fused projection --
+# what peft targets on these models (c_attn, query_key_value).
+_FUSED_LINEAR = ("qkv", "attn_out", "ffn_in", "ffn_out")
+
+
+def _fused(path: str) -> dict[str, Callable[[nn.Module, str], list[str]]]:
+    return {role: _at(path) for role in ("qkv", "query", "key", "value")}
+
+
+# GPT-2: Conv1D layers (a Linear with its weight stored transposed; models.CausalLM turns
+# them into nn.Linear at wrap time), learned positions, biases everywhere, a tied head.
+GPT2 = Family(
+    name="gpt2",
+    model_types=("gpt2",),
+    kind="causal",
+    stacks=("transformer.h",),
+    roles={
+        **_fused("attn.c_attn"),
+        "attn_out": _at("attn.c_proj"),
+        "ffn_in": _at("mlp.c_fc"),
+        "ffn_out": _at("mlp.c_proj"),
+        "norm": _at("ln_1", "ln_2"),
+    },
+    input_embeddings="transformer.wte",
+    norms_outside_blocks=("transformer.ln_f",),
+    linear_roles=_FUSED_LINEAR,
+    bitfit_roles=_FUSED_LINEAR,
+)
+
+# BLOOM (the release's other vendored decoder): fused query_key_value, ALiBi (no position
+# table), a LayerNorm right after the embeddings.
+BLOOM = Family(
+    name="bloom",
+    model_types=("bloom",),
+    kind="causal",
+    stacks=("transformer.h",),
+    roles={
+        **_fused("self_attention.query_key_value"),
+        "attn_out": _at("self_attention.dense"),
+        "ffn_in": _at("mlp.dense_h_to_4h"),
+        "ffn_out": _at("mlp.dense_4h_to_h"),
+        "norm": _at("input_layernorm", "post_attention_layernorm"),
+    },
+    input_embeddings="transformer.word_embeddings",
+    norms_outside_blocks=("transformer.word_embeddings_layernorm", "transformer.ln_f"),
+    linear_roles=_FUSED_LINEAR,
+    bitfit_roles=_FUSED_LINEAR,
+)
+
+FAMILIES = (BERT, MPNET, DISTILBERT, DEBERTA_V2, T5, LLAMA, OPT, GPT2, BLOOM)
 
 # Roles that are not a module inside blocks but a group the engine expands itself.
 GROUP_ROLES = {
@@ -228,10 +323,15 @@ def known_roles(fam: Family) -> list[str]:
     return sorted(set(fam.roles) | set(GROUP_ROLES))
 
 
+_LOADED_AS = {"bert": "AutoModel", "t5": "T5ForConditionalGeneration", "causal": "AutoModelForCausalLM"}
+
+
 def blocks(backbone: nn.Module, fam: Family) -> list[tuple[str, str, nn.Module]]:
     """(stack name, block path, block) for every transformer block, in order."""
     out = []
     for stack_path in fam.stacks:
+        if not has_module(backbone, stack_path):  # e.g. a bare GPT2Model, not the LM apet-ray builds
+            raise UserError(f"this {fam.name} model has no {stack_path}: apet-ray expects {_LOADED_AS[fam.kind]}'s layout")
         stack = backbone.get_submodule(stack_path)
         stack_name = stack_path.split(".")[0]
         for i, block in enumerate(stack):

@@ -28,37 +28,41 @@ import torch
 import torch.nn.functional as F
 
 # How a discrete mask's values gradient is formed (``values_grad_path``), as measured on
-# this project's CPU (benchmarks/sparse_vs_dense.py: 4,096 tokens, MiniLM's 384x384,
-# 1536x384 and 384x1536 weights; docs/benchmarks.md):
-#   gather  k dot products of gathered columns: no fixed cost, but each entry gathers two
-#           strided columns, so it loses beyond a few hundred entries (at 294 entries it
-#           wins on all three shapes, 2.1 vs 3.4 ms on 384x384; at 1,179 it loses, 37-47
-#           vs 11-13 ms on the FFN matrices); in bf16 each gather costs ~4x more
-#   sddmm   torch.sparse.sampled_addmm over the mask as CSR: a fixed cost of about two
-#           transposed copies of the activations, then k x tokens; in fp32 it beats the
-#           dense product up to ~5 % density (at 0.7 %: 5.5 vs 14 ms on 384x384, 10-17
-#           vs 52-55 ms on the FFN matrices; at 10 %: 11 vs 14 and 32-80 vs 57)
-#   full    the dense g^T @ x gathered at the indices: above that, and in bf16 on CPU,
-#           where AMX makes the dense product 4x cheaper (4 ms for 384x384) and
-#           sampled_addmm has no bf16 kernel
+# this project's CPU (2 cores, AVX-512 + AMX; 4,096 tokens; MiniLM's 384x384 and 384x1536
+# weights; docs/benchmarks.md section 3):
+#   gather  k dot products of gathered columns: no fixed cost, each entry gathers two
+#           strided columns; wins up to about 0.2-0.4 % density at 1 and 2 threads (at
+#           0.2 %: 1.5 vs 3.9 ms on 384x384, 13 vs 17 ms on 384x1536, 2 threads), loses
+#           fast above (52 vs 17 ms at 0.4 % on 384x1536); in bf16 each gather costs ~4x more
+#   sddmm   torch.sparse.sampled_addmm over the mask as CSR: a fixed cost (about 3.5 ms on
+#           384x384, 15 ms on 384x1536) that does not shrink with threads, then k x tokens.
+#           With one thread it beats the dense product up to a few percent (at 0.7 %: 5.1
+#           vs 7.4 ms, 22 vs 36 ms); with two the dense product has halved and it never
+#           wins (4.0 vs 3.9 ms, 18.6 vs 17.0 ms at 0.7 %) -- in the whole MiniLM step
+#           add-discrete at LoRA's count took 1.38x the floor on it against 1.27x dense
+#   full    the dense g^T @ x gathered at the indices: everywhere else, and in bf16 on CPU,
+#           where AMX makes the dense product 4x cheaper and sampled_addmm has no bf16 kernel
 # On CUDA nothing is measured yet and the first rule stays: gather up to 0.2 %, else full.
-GATHER_MAX_ENTRIES = 300
+GATHER_MAX_DENSITY = 2e-3
 GATHER_MAX_ENTRIES_LOW_PRECISION = 32  # bf16 / fp16 gradients
-SDDMM_MAX_DENSITY = 0.04
+SDDMM_MAX_DENSITY = 0.04  # and only with one intra-op thread
 CUDA_GATHER_MAX_DENSITY = 2e-3
 # Elements of one (tokens x chunk) gathered block in the gather path: bounds its memory.
 _SAMPLED_CHUNK_ELEMENTS = 1 << 22
 
 
-def values_grad_path(k: int, numel: int, dtype: torch.dtype, device_type: str) -> str:
+def values_grad_path(k: int, numel: int, dtype: torch.dtype, device_type: str, threads: int | None = None) -> str:
     """"gather", "sddmm" or "full": how backward forms the gradient of k scattered values
-    of a weight of ``numel`` entries, from gradients in ``dtype`` on ``device_type``."""
+    of a weight of ``numel`` entries, from gradients in ``dtype`` on ``device_type``, with
+    ``threads`` intra-op threads (default: torch's setting)."""
     if device_type != "cpu":
         return "gather" if k <= CUDA_GATHER_MAX_DENSITY * numel else "full"
-    full_precision = dtype in (torch.float32, torch.float64)  # sampled_addmm's CPU kernels
-    if k <= (GATHER_MAX_ENTRIES if full_precision else GATHER_MAX_ENTRIES_LOW_PRECISION):
+    if dtype not in (torch.float32, torch.float64):  # bf16 / fp16: sampled_addmm has no CPU kernel
+        return "gather" if k <= GATHER_MAX_ENTRIES_LOW_PRECISION else "full"
+    if k <= GATHER_MAX_DENSITY * numel:
         return "gather"
-    if full_precision and k <= SDDMM_MAX_DENSITY * numel:
+    threads = torch.get_num_threads() if threads is None else threads
+    if threads == 1 and k <= SDDMM_MAX_DENSITY * numel:
         return "sddmm"
     return "full"
 

@@ -160,6 +160,8 @@ def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[tuple[str,
                 hosts += [("lowrank" if spec.op == "concat" else "plugin", p, None) for p in paths]
     if not hosts:
         raise UserError(f"positions {', '.join(spec.positions)} match nothing in this model")
+    # a module named twice (fused attention: "query" and "value" are one layer) hosts one delta
+    hosts = list(dict.fromkeys(hosts))
     if len({kind for kind, _, _ in hosts} & {"prompt", "lowrank"}) == 2:
         raise UserError("a prompt and low-rank pairs have different sizes: give them separate specs")
     return hosts

@@ -129,8 +129,12 @@ def test_impossible_specs_are_refused_with_a_reason(kwargs, message):
 def test_unknown_pet_method_and_unsupported_family():
     with pytest.raises(UserError, match="unknown method"):
         DeltaSpec.pet("dora")
-    from transformers import GPT2Config, GPT2Model
+    from transformers import GPT2Config, GPT2Model, GPTNeoXConfig, GPTNeoXModel
     with pytest.raises(UserError, match="not supported"):
+        make_plan(GPTNeoXModel(GPTNeoXConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
+                                             intermediate_size=16)), DeltaSpec.pet("lora"))
+    # a known family in another class's layout (the bare transformer, not its LM) is named, not a traceback
+    with pytest.raises(UserError, match="gpt2 model has no transformer.h: apet-ray expects AutoModelForCausalLM"):
         make_plan(GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2)), DeltaSpec.pet("lora"))
 
 
