@@ -1,11 +1,11 @@
 """Backbones: a Hugging Face name, a local folder, the packaged offline model, or a tiny
 random-initialised preset -- wrapped for the two ways the paper uses a model.
 
-- ``EncoderClassifier`` (BERT-like encoders, MPNet, DistilBERT, DeBERTa: SA, NLI, PI): mean-pooled encoder states -> a linear
-  head. The head always trains and is counted in ``trainable_params``; ``delta_params``
+- ``EncoderClassifier`` (BERT-like encoders, MPNet, DistilBERT, DeBERTa: SA, NLI, PI):
+  mean-pooled encoder states -> a linear head. The head always trains and is counted in ``trainable_params``; ``delta_params``
   excludes it so that budgets compare structures, not heads.
-- ``CausalLM`` (decoder-only: Llama, Qwen2, Mistral, OPT, GPT-2, BLOOM): text-to-text as T5 is, the target
-  continuing the source.
+- ``CausalLM`` (decoder-only: Llama, Qwen2, Mistral, OPT, GPT-2, BLOOM): text-to-text as
+  T5 is, the target continuing the source.
 - ``Seq2SeqLM`` (T5 family): text-to-text; labels are words, generation is scored by the
   task's metric.
 
