@@ -50,6 +50,22 @@ def use_bf16(precision: str, device: torch.device, world: int) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and world == 1 and cpu_has_fast_bf16())
 
 
+def store_frozen_in_bf16(model: nn.Module) -> None:
+    """Keep the frozen weights of linear layers and embeddings in bf16 for a bf16 run.
+
+    They are only ever read as bf16 copies (autocast's casts, FSDP2's ``param_dtype``), so
+    fp32 masters would double the backbone's memory, and each step would cast them again.
+    Norms stay fp32: they are small, and a BitFit delta on a norm's bias is fp32. Deltas, a
+    trained head and in-place (FT) weights train, so their values and AdamW state stay fp32.
+    Works on the meta device too (an FSDP rank that receives its shards).
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            for p in module.parameters(recurse=False):  # a tied table is one Parameter: cast once
+                if not p.requires_grad and p.dtype == torch.float32:
+                    p.data = p.data.to(torch.bfloat16)
+
+
 def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

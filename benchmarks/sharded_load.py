@@ -2,7 +2,7 @@
 
 A randomly initialised model of a paper config (default t5-v1_1-large, 783M parameters,
 ~3.1 GB in fp32) is saved once as safetensors with the MiniLM tokenizer. The same short run
-(LoRA, batch 4, 2 steps) then goes three ways, each in fresh processes:
+(LoRA, batch 4, 2 steps) then goes two ways, in fp32 and in bf16, each in fresh processes:
   one process        ``train()`` alone, strategy none;
   fsdp, N workers    N gloo processes, ``strategy="fsdp"``: rank 0 reads the weights, the
                      others build on the meta device, each keeps its shard (distributed.wrap).
@@ -53,13 +53,13 @@ def saved_model(config_dir: Path, cache: Path) -> Path:
     return folder
 
 
-def run_config(model: Path, strategy: str) -> dict:
+def run_config(model: Path, strategy: str, precision: str) -> dict:
     from apet_ray.delta import DeltaSpec
     from apet_ray.run import TrainConfig
 
     return TrainConfig(model=str(model), task="rotten_tomatoes", batch_size=4, max_steps=2, eval_every=2,
                        train_limit=16, eval_limit=8, max_input_len=64, spec=DeltaSpec.pet("lora"),
-                       strategy=strategy, precision="fp32").to_dict()
+                       strategy=strategy, precision=precision).to_dict()
 
 
 def _worker(rank: int, world: int, cfg: dict, out: str, port: int) -> None:
@@ -85,7 +85,7 @@ def measure(cfg: dict, world: int) -> dict:
         t0 = time.perf_counter()
         mp.spawn(_worker, args=(world, cfg, str(out), port), nprocs=world, join=True)
         record = json.loads(out.read_text())
-    return {"workers": world, "strategy": record["strategy"], "wall_s": round(time.perf_counter() - t0, 1),
+    return {"workers": world, "precision": cfg["precision"], "strategy": record["strategy"], "wall_s": round(time.perf_counter() - t0, 1),
             "peak_mb_per_rank": [round(x) for x in record["peak_memory_mb_per_rank"]],
             "frozen_mb_per_rank": [round(x) for x in record["frozen_mb_per_rank"]],
             "total_params": record["total_params"], "loss": record["history"][-1]["loss"]}
@@ -96,21 +96,26 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=CONFIGS / "t5-v1_1-large")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "apet-ray-bench-models")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both",
+                        help="bf16: frozen linears and embeddings stored in bf16 (as a bf16 run does); default both")
     args = parser.parse_args()
     model = saved_model(args.config, args.cache)
-    rows = [measure(run_config(model, "none"), 1), measure(run_config(model, "fsdp"), args.workers)]
-    one = rows[0]["peak_mb_per_rank"][0]
-    for row in rows:
-        row["peak_vs_one_process"] = [round(p / one, 3) for p in row["peak_mb_per_rank"]]
+    rows = []
+    for precision in (["fp32", "bf16"] if args.precision == "both" else [args.precision]):
+        pair = [measure(run_config(model, "none", precision), 1), measure(run_config(model, "fsdp", precision), args.workers)]
+        one = pair[0]["peak_mb_per_rank"][0]  # against one process of the same precision
+        for row in pair:
+            row["peak_vs_one_process"] = [round(p / one, 3) for p in row["peak_mb_per_rank"]]
+        rows += pair
     result = {"model": f"{args.config.name} (random weights)", "params": rows[0]["total_params"],
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "runs": rows}
     out = HERE / "results" / "sharded_load"
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     lines = [f"# Sharded load: {result['model']}, {result['params']:,} parameters, LoRA, batch 4, 2 steps", "",
-             "| run | rank | peak RSS (MB) | × one process | frozen weights held (MB) | wall (s) |",
+             "| run | rank | peak RSS (MB) | × one process (same precision) | frozen weights held (MB) | wall (s) |",
              "|---|---|---|---|---|---|"]
     for row in rows:
-        name = "one process" if row["workers"] == 1 else f"fsdp, {row['workers']} workers"
+        name = ("one process" if row["workers"] == 1 else f"fsdp, {row['workers']} workers") + f", {row['precision']}"
         for rank, (peak, ratio, frozen) in enumerate(zip(row["peak_mb_per_rank"], row["peak_vs_one_process"],
                                                           row["frozen_mb_per_rank"])):
             lines.append(f"| {name} | {rank} | {peak:,} | {ratio:.2f} | {frozen:,} | {row['wall_s']} |")

@@ -8,7 +8,10 @@ LoRA's exact count, against
   (b) peft's LoRA (r=8, alpha=16, query/value) at the same count;
   (c) full fine-tuning;
 and a naive dense weight-times-mask delta (what Add-Discrete costs without the sparse
-parameterisation). Variants run round-robin (warm-up, then repetitions, medians), so
+parameterisation), and Add-Discrete at 0.2 % of the linear weights (``@0.2%``: the
+density below which its values gradient gathers k dot products). ``--precision bf16``
+runs under autocast with the frozen linears and embeddings stored in bf16, as a bf16 run
+does (``distributed.store_frozen_in_bf16``), and adds the speed-up over the fp32 table. Variants run round-robin (warm-up, then repetitions, medians), so
 machine noise hits them alike. Also records trainable and optimizer-state bytes.
 
     python benchmarks/step_time.py [--reps 15] [--model minilm|bert-base|t5-base] [--device cpu|cuda] [--precision bf16]
@@ -42,7 +45,7 @@ class DenseMasked(nn.Module):
         return F.linear(x, self.base.weight + self.delta * self.mask, self.base.bias)
 
 
-def build(variant: str, model_name: str):
+def build(variant: str, model_name: str, bf16: bool = False):
     from apet_ray.delta import DeltaSpec, attach
     from apet_ray.delta.layers import DeltaLinear
     from apet_ray.models import build_model
@@ -67,9 +70,20 @@ def build(variant: str, model_name: str):
                 setattr(model.get_submodule(parent), attr, DenseMasked(module.base, mask.view(module.weight_delta.shape)))
     elif variant in ("lora", "adapter", "bitfit", "prompt", "ft"):
         attach(model, DeltaSpec.pet(variant))
+    elif "@" in variant:  # apet-add-discrete@0.2%: that share of the op's capacity at its positions
+        from apet_ray.delta.plan import make_plan
+
+        name, density = variant.split("@")
+        op, dist = name.split("-")[1:3]
+        capacity = make_plan(model, DeltaSpec.apet(op, dist, budget=1)).capacity
+        attach(model, DeltaSpec.apet(op, dist, budget=round(float(density.rstrip("%")) / 100 * capacity)))
     else:
         op, dist = variant.split("-")[1:3]
         attach(model, DeltaSpec.apet(op, dist, match="lora"))
+    if bf16:  # as a bf16 run does: frozen linears and embeddings stored in bf16
+        from apet_ray.distributed import store_frozen_in_bf16
+
+        store_frozen_in_bf16(model)
     model.train()
     return model
 
@@ -103,7 +117,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: autocast around forward and backward (what --precision auto picks on AMX CPUs)")
     p.add_argument("--variants", default="floor,peft-lora,lora,apet-add-adjacent,apet-add-discrete,"
-                   "apet-concat-adjacent,apet-concat-discrete,apet-plugin-adjacent,apet-plugin-discrete,"
+                   "apet-add-discrete@0.2%,apet-concat-adjacent,apet-concat-discrete,apet-plugin-adjacent,apet-plugin-discrete,"
                    "dense-mask,bitfit,adapter,prompt,ft")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
@@ -116,7 +130,7 @@ def main() -> None:
     labels = torch.randint(0, 2, (args.batch,), generator=g).to(device)
     models, steps, info = {}, {}, {}
     for v in variants:
-        model = build(v, args.model).to(device)
+        model = build(v, args.model, bf16=args.precision == "bf16").to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01) if params else None
         models[v], steps[v] = model, step_fn(model, v, batch, labels, opt, bf16=args.precision == "bf16")
@@ -158,6 +172,13 @@ def main() -> None:
         fmt = lambda x: f"{x:.3f}" if x is not None else "-"
         lines.append(f"| {r['variant']} | {r['trainable_params']:,} | {r['optimizer_state_bytes']:,} B | {r['median_ms']:.1f} | "
                      f"{fmt(r['x_floor'])} | {fmt(r['x_peft_lora'])} | {fmt(r['x_ft'])} |")
+    fp32_file = out / f"step_time_{Path(args.model).name}_{device.type}.json"
+    if args.precision == "bf16" and fp32_file.is_file():  # the absolute gain, against the fp32 table's run
+        fp32 = {r["variant"]: r["median_ms"] for r in json.loads(fp32_file.read_text())["rows"]}
+        lines += ["", "bf16 speed-up over the fp32 table (separate runs, same machine):", "",
+                  "| variant | fp32 ms | bf16 ms | speed-up |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['variant']} | {fp32[r['variant']]:.1f} | {r['median_ms']:.1f} | {fp32[r['variant']] / r['median_ms']:.2f}x |"
+                  for r in rows if r["variant"] in fp32]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -70,3 +70,19 @@ def test_each_rank_holds_only_its_shard_and_the_run_matches_one_process(tmp_path
     assert len(record.frozen_mb_per_rank) == 2 and sum(record.frozen_mb_per_rank) == pytest.approx(whole, rel=1e-3)
     assert max(record.frozen_mb_per_rank) < 0.55 * whole
     assert len(record.peak_memory_mb_per_rank) == 2 and record.peak_memory_mb == max(record.peak_memory_mb_per_rank)
+
+
+def test_a_bf16_fsdp_run_shards_bf16_frozen_weights(tmp_path):
+    # bf16: frozen linears and embeddings stored in bf16 before sharding, so each rank holds a
+    # quarter of the fp32 bytes; the deltas and their AdamW state stay fp32
+    folder = saved_model("llama", tmp_path / "model")
+    cfg = TrainConfig(**{**_config(folder, "lora").__dict__, "precision": "bf16"})
+    fp32 = train(TrainConfig(**{**cfg.__dict__, "strategy": "none", "precision": "fp32"}), lambda metrics, folder: None)
+    one = train(TrainConfig(**{**cfg.__dict__, "strategy": "none"}), lambda metrics, folder: None)
+    mp.spawn(_worker, args=(cfg.to_dict(), str(tmp_path), _free_port()), nprocs=2, join=True)
+    record = RunRecord.from_dict(json.loads((tmp_path / "record.json").read_text()))
+    assert record.frozen_unchanged is True
+    assert sum(record.frozen_mb_per_rank) == pytest.approx(one.frozen_mb_per_rank[0], rel=1e-3)
+    assert max(record.frozen_mb_per_rank) < 0.28 * fp32.frozen_mb_per_rank[0]
+    # FSDP computes every matmul in bf16 as autocast does, but also its norms: close, not equal
+    assert [h["loss"] for h in record.history] == pytest.approx([h["loss"] for h in one.history], rel=2e-2)

@@ -189,3 +189,20 @@ def test_a_decoder_only_model_trains_end_to_end(tmp_path, model, kind):
     losses = [h["loss"] for h in out.history]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]  # it learns the targets
     assert 0.0 <= out.final_score <= 1.0
+
+
+@pytest.mark.parametrize("spec", [DeltaSpec.pet("lora"), DeltaSpec.pet("bitfit"), DeltaSpec.pet("prompt"),
+                                  DeltaSpec.apet("add", "discrete", budget=3000, seed=1)], ids=lambda s: s.label)
+def test_a_bf16_run_stores_the_frozen_weights_in_bf16_and_trains_the_deltas_in_fp32(tmp_path, spec):
+    runs = {p: train(tiny(spec=spec, precision=p, max_steps=8, eval_every=4, lr=1e-2, verify_frozen=True),
+                     Recorder(tmp_path / p))
+            for p in ("fp32", "bf16")}
+    # linear layers and embeddings are nearly all of the frozen bytes; norms stay fp32
+    ratio = runs["bf16"].frozen_mb_per_rank[0] / runs["fp32"].frozen_mb_per_rank[0]
+    assert 0.5 <= ratio < 0.52
+    assert runs["bf16"].frozen_unchanged is True
+    tensors, _ = read_deltas(Recorder(tmp_path).root / "bf16" / "step-8" / "deltas.safetensors")
+    values = {k: t for k, t in tensors.items() if not k.endswith(".indices")}
+    assert values and all(t.dtype == torch.float32 for t in values.values())
+    bf16, fp32 = ([h["loss"] for h in runs[p].history] for p in ("bf16", "fp32"))
+    assert bf16 == pytest.approx(fp32, rel=0.05)  # the same run, rounded differently

@@ -22,6 +22,7 @@ apet-ray and get no gradient unless autograd asks for one.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 
 import torch
@@ -35,7 +36,9 @@ import torch.nn.functional as F
 #           0.2 %: 1.5 vs 3.9 ms on 384x384, 13 vs 17 ms on 384x1536, 2 threads), loses
 #           fast above (52 vs 17 ms at 0.4 % on 384x1536); in bf16 each gather costs ~4x more
 #   sddmm   torch.sparse.sampled_addmm over the mask as CSR: a fixed cost (about 3.5 ms on
-#           384x384, 15 ms on 384x1536) that does not shrink with threads, then k x tokens.
+#           384x384, 15 ms on 384x1536; 12 ms with both operands made contiguous first)
+#           that does not shrink with threads, then k x tokens. (torch.compile of the
+#           gathered dot products was slower still: 52 ms at 0.7 % on 384x1536.)
 #           With one thread it beats the dense product up to a few percent (at 0.7 %: 5.1
 #           vs 7.4 ms, 22 vs 36 ms); with two the dense product has halved and it never
 #           wins (4.0 vs 3.9 ms, 18.6 vs 17.0 ms at 0.7 %) -- in the whole MiniLM step
@@ -59,7 +62,7 @@ def values_grad_path(k: int, numel: int, dtype: torch.dtype, device_type: str, t
         return "gather" if k <= CUDA_GATHER_MAX_DENSITY * numel else "full"
     if dtype not in (torch.float32, torch.float64):  # bf16 / fp16: sampled_addmm has no CPU kernel
         return "gather" if k <= GATHER_MAX_ENTRIES_LOW_PRECISION else "full"
-    if k <= GATHER_MAX_DENSITY * numel:
+    if k <= math.ceil(GATHER_MAX_DENSITY * numel):  # a budget split by largest remainder rounds up
         return "gather"
     threads = torch.get_num_threads() if threads is None else threads
     if threads == 1 and k <= SDDMM_MAX_DENSITY * numel:
@@ -68,12 +71,14 @@ def values_grad_path(k: int, numel: int, dtype: torch.dtype, device_type: str, t
 
 
 def summed_weight(weight: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, run_start: int | None) -> torch.Tensor:
-    """``W + dense(values)`` as one new weight-sized tensor in W's dtype (W is untouched).
+    """``W + dense(values)`` as one new weight-sized tensor (W is untouched), in the wider
+    of the two dtypes: a bf16-stored W gets its fp32 delta added in fp32, so a small
+    update is not rounded away before the product's own cast.
 
     Bit-identical to ``W + scatter(zeros, indices, values)``: entries outside the mask are
     copied, not added to, so a zero delta gives back W exactly.
     """
-    w = weight.clone(memory_format=torch.contiguous_format)
+    w = weight.to(torch.promote_types(weight.dtype, values.dtype), memory_format=torch.contiguous_format, copy=True)
     flat = w.view(-1)
     v = values.to(w.dtype)
     if run_start is not None:
@@ -136,6 +141,8 @@ class MaskedAddLinear(torch.autograd.Function):
         dtype = _autocast_dtype(x.device.type)
         if dtype is not None:  # cast as autocast would, so the saved x is the cast one
             x, w, bias = _cast(x, dtype), _cast(w, dtype), _cast(bias, dtype)
+        elif w.dtype != x.dtype and w.dtype != torch.float64:  # bf16 x, bf16 W, fp32 values: compute as x is
+            w = w.to(x.dtype)
         y = F.linear(x, w, bias)
         if y._is_view():  # linear's 3-D + bias path returns addmm(...).view(...); a view
             # output of a Function cannot be modified in place, so drop the view tracking

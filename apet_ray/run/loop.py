@@ -19,7 +19,8 @@ import torch
 from apet_ray.data import collate, encode, global_batch, shard
 from apet_ray.delta import attach, count_backbone, count_deltas, count_trainable
 from apet_ray.distributed import (all_gather_floats, all_reduce_sum, frozen_checksum, local_bytes, local_device,
-                                  rank_and_world, resolve_strategy, unwrap, use_bf16, wrap)
+                                  rank_and_world, resolve_strategy, store_frozen_in_bf16, unwrap, use_bf16,
+                                  wrap)
 from apet_ray.errors import UserError
 from apet_ray.models import build_model, load_tokenizer
 from apet_ray.run.checkpoint import Restored, save_checkpoint
@@ -76,6 +77,8 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     # ---- placement, sharding, optimizer ----------------------------------------------------
     bf16 = use_bf16(cfg.precision, device, world)
     record.strategy = strategy
+    if bf16:
+        store_frozen_in_bf16(model)
     model = wrap(model, strategy, device, bf16)
     autocast = bf16 and strategy != "fsdp"  # FSDP's mixed-precision policy casts by itself
     named = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}

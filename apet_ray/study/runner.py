@@ -284,7 +284,7 @@ def _lr_search_experiment(study: StudyConfig, name: str, cfg: TrainConfig, space
     from ray.tune.search.optuna import OptunaSearch
 
     from apet_ray.run.launch import code_version
-    from apet_ray.study.callbacks import Progress, ResultsWriter, trial_dirname, trial_name
+    from apet_ray.study.callbacks import Progress, ResultsWriter
 
     results = Path(static["results"])
     shutil.rmtree(results / "ray" / name, ignore_errors=True)  # recorded trials are skipped by tune_trial
@@ -292,18 +292,11 @@ def _lr_search_experiment(study: StudyConfig, name: str, cfg: TrainConfig, space
              "train": cfg.to_dict()}
     asha = ASHAScheduler(time_attr="step", max_t=cfg.max_steps, grace_period=cfg.eval_every * study.grace_evals,
                          reduction_factor=2)
-    tuner = tune.Tuner(
-        tune.with_resources(tune_trial, trial_resources),
-        param_space={**static, "trial": entry, "lr_study": name, "lr": space},
-        tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=OptunaSearch(seed=cfg.seed), scheduler=asha,
-                                    num_samples=study.tune_lr, max_concurrent_trials=concurrent,
-                                    reuse_actors=cfg.workers == 0, trial_name_creator=trial_name,
-                                    trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=name, storage_path=str(results / "ray"), verbose=0,
-                                  callbacks=[writer := ResultsWriter(results, name, code_version(), status="search"),
-                                             Progress(study.tune_lr, concurrent, writer.records)],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
-    )
+    writer = ResultsWriter(results, name, code_version(), status="search")
+    tuner = _tuner(tune.with_resources(tune_trial, trial_resources), {**static, "trial": entry, "lr_study": name, "lr": space},
+                   name, results, [writer, Progress(study.tune_lr, concurrent, writer.records)],
+                   search_alg=OptunaSearch(seed=cfg.seed), scheduler=asha, num_samples=study.tune_lr,
+                   max_concurrent_trials=concurrent, reuse_actors=cfg.workers == 0)
     return [(float(r.config["lr"]), float(r.metrics.get("score", float("nan"))), int(r.metrics.get("step", 0)) >= cfg.max_steps)
             for r in tuner.fit() if r.metrics]
 
@@ -332,7 +325,7 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
     from ray import tune
 
     from apet_ray.study.asha import GroupedASHA
-    from apet_ray.study.callbacks import Progress, ResultsWriter, trial_dirname, trial_name
+    from apet_ray.study.callbacks import Progress, ResultsWriter
 
     from apet_ray.run.launch import code_version, init_ray
 
@@ -377,28 +370,13 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
     writer = ResultsWriter(results, study.study, code_version(), decided=lambda tid: tid in decided)
     progress = Progress(len(grid) if searcher is None else None, concurrent, writer.records,
                         decided=lambda tid: tid in decided)
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=scheduler if searcher is None else None,
-                                    max_concurrent_trials=concurrent, search_alg=searcher,
-                                    num_samples=(max_trials or -1) if searcher is not None else 1,
-                                    # the next trial starts in a warm process: no second import of torch.
-                                    # Not for Train runs: a reused trial process that ASHA stopped
-                                    # keeps its Train run (and its CPUs) alive, and the study hangs
-                                    reuse_actors=workers == 0,
-                                    trial_name_creator=trial_name,
-                                    trial_dirname_creator=trial_dirname),
-        # a Train run restarts its worker group itself (make_trainer); Tune retries a trial
-        # whose own process died (with the node it ran on), from its last checkpoint -- for a
-        # Train run, the new trial's TorchTrainer finds it under the same run name
-        # verbose 0: Progress prints one line per trial instead of Tune's config dumps
-        run_config=tune.RunConfig(name=name, storage_path=str(results / "ray"), callbacks=[writer, progress, *callbacks],
-                                  verbose=0, stop=stopper,
-                                  failure_config=tune.FailureConfig(max_failures=1),
-                                  # --workers 0 checkpoints through Tune: keep two, as a Train run does
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
-    )
+    tuner = _tuner(trainable, param_space, name, results, [writer, progress, *callbacks], stop=stopper,
+                   scheduler=scheduler if searcher is None else None, max_concurrent_trials=concurrent,
+                   search_alg=searcher, num_samples=(max_trials or -1) if searcher is not None else 1,
+                   # the next trial starts in a warm process: no second import of torch. Not for
+                   # Train runs: a reused trial process that ASHA stopped keeps its Train run (and
+                   # its CPUs) alive, and the study hangs
+                   reuse_actors=workers == 0)
     started = time.time()
     with _sigterm_as_interrupt():
         grid_result = tuner.fit()
@@ -414,6 +392,29 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
     print(f"[apet-ray] {study.study} finished in {time.time() - started:.0f} s: {len(grid_result)} trials, "
           f"{len(errors)} errors, {writer.written} written now; tables in {results}/trials, {results}/curves", flush=True)
     return _finish(study, results)
+
+
+def _tuner(trainable, param_space: dict, name: str, results: Path, callbacks: list, stop=None, **tune_config):
+    """The Tune experiment a study (or one group's lr search) runs: trials scored by their
+    "score" (max) and named by apet-ray, under ``results``/ray/``name``."""
+    from ray import tune
+
+    from apet_ray.study.callbacks import trial_dirname, trial_name
+
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric="score", mode="max", trial_name_creator=trial_name,
+                                    trial_dirname_creator=trial_dirname, **tune_config),
+        # verbose 0: Progress prints one line per trial instead of Tune's config dumps. A Train
+        # run restarts its worker group itself (make_trainer); Tune retries a trial whose own
+        # process died (with the node it ran on) from its last checkpoint -- for a Train run,
+        # the new trial's TorchTrainer finds it under the same run name. --workers 0
+        # checkpoints through Tune: keep two, as a Train run does
+        run_config=tune.RunConfig(name=name, storage_path=str(results / "ray"), callbacks=callbacks, verbose=0,
+                                  stop=stop, failure_config=tune.FailureConfig(max_failures=1),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+    )
 
 
 @contextlib.contextmanager
