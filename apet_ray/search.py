@@ -108,10 +108,19 @@ class ThresholdSearcher(Searcher):
     ``searches`` maps a search's name to its state; ``make_config(name, count)`` returns a
     trial's config. A free slot goes to the open search with the fewest probes running, at the
     midpoint of its widest unprobed gap.
+
+    ``score``: what a probe is judged by, its ``final`` evaluation or its ``best`` one. Only the
+    best score is known early: once an evaluation passes, the best can only stay passed, so a
+    probe stops as decided. A final score can still fall (an lr that oscillates), so under
+    ``final`` a probe that no open interval needs still stops, but a passing one trains on.
     """
 
-    def __init__(self, searches: dict[str, SearchState], make_config: Callable[[str, int], dict], metric: str = "score"):
-        super().__init__(metric=metric, mode="max")
+    SCORE_KEYS = {"final": "score", "best": "best_score"}  # in each report (run.loop.report_metrics)
+
+    def __init__(self, searches: dict[str, SearchState], make_config: Callable[[str, int], dict], score: str = "final"):
+        super().__init__(metric="score", mode="max")
+        self.key = self.SCORE_KEYS[score]
+        self.decide_early = score == "best"
         self.searches = searches
         self.make_config = make_config
         self.live: dict[str, tuple[str, int]] = {}  # Tune trial id -> (search, grid index)
@@ -143,8 +152,7 @@ class ThresholdSearcher(Searcher):
 
     def should_stop(self, trial_id: str, result: dict) -> bool:
         """Stop a probe once its answer is known: no open interval needs its count any more,
-        or its score already passes every test still open at it (scores rise with training,
-        as ASHA assumes, so a pass now is a pass at the end)."""
+        or (``score="best"``) its best score already passes every test still open at it."""
         if trial_id not in self.live:
             return False
         name, index = self.live[trial_id]
@@ -153,7 +161,7 @@ class ThresholdSearcher(Searcher):
         if not open_tests:
             self.abandoned.add(trial_id)
             return True
-        if "score" in result and all(b.passes(float(result["score"])) for b in open_tests):
+        if self.decide_early and self.key in result and all(b.passes(float(result[self.key])) for b in open_tests):
             self.decided.add(trial_id)
             return True
         return False
@@ -162,7 +170,7 @@ class ThresholdSearcher(Searcher):
         name, index = self.live.pop(trial_id)
         if trial_id in self.abandoned:
             return  # a partial score of a count nobody asks about any more
-        score = float(result.get("score", float("-inf"))) if result and not error else float("-inf")
+        score = float(result.get(self.key, float("-inf"))) if result and not error else float("-inf")
         self.searches[name].record(index, score)
 
     @property

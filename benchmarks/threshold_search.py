@@ -9,9 +9,13 @@ local Ray with ``--slots`` logical CPUs (one trial per CPU):
 The FT reference is trained once and copied into each run's folder (recorded, not retrained).
 For each: wall time, probes, training steps, and the thresholds (which must agree).
 
-    python benchmarks/threshold_search.py [--slots 4] [--serial-rev c6c54d6]
+    python benchmarks/threshold_search.py [--slots 4] [--serial-rev c6c54d6] [--extra "--lr 1e-2 --max-steps 120"]
 
-Writes benchmarks/results/threshold_search.{json,md}.
+``--extra`` passes study flags to every run (the FT reference included): the embedded
+default learns nothing in its 40 steps, so every probe fails there, the case a k-ary search
+handles worst; a setting that learns shows the early decisions.
+
+Writes benchmarks/results/threshold_search.{json,md} (``--stem`` names another).
 """
 
 from __future__ import annotations
@@ -70,7 +74,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--serial-rev", default=SERIAL_REV)
+    parser.add_argument("--extra", default="", help="flags for param_ablation.py, one string")
+    parser.add_argument("--stem", default="threshold_search", help="results file name (default threshold_search)")
     args = parser.parse_args()
+    extra = args.extra.split()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         serial_code = tmp / "serial"
@@ -79,7 +86,7 @@ def main() -> None:
         try:
             print("FT reference ...", flush=True)
             reference = tmp / "ft"
-            run(ROOT, reference, args.slots, "--max-count", "11")  # a 2-count grid: trains FT, and 2 probes
+            run(ROOT, reference, args.slots, *extra, "--max-count", "11")  # a 2-count grid: trains FT, and 2 probes
             ft_rows = [p for p in (reference / "trials").glob("*.parquet")
                        if pd.read_parquet(p).study.iloc[0] == "param_ablation_ft"]
             out = {}
@@ -89,18 +96,19 @@ def main() -> None:
                 for p in ft_rows:
                     shutil.copy(p, results / "trials" / p.name)
                 print(f"{name} ...", flush=True)
-                out[name] = summary(results, run(code, results, args.slots, *flags))
+                out[name] = summary(results, run(code, results, args.slots, *extra, *flags))
                 print(f"  {out[name]}", flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(serial_code)], capture_output=True)
     serial, search, dense = out["serial"], out["search"], out["dense"]
-    result = {"slots": args.slots, "serial_rev": args.serial_rev, "runs": out,
+    result = {"slots": args.slots, "serial_rev": args.serial_rev, "extra": args.extra, "runs": out,
               "wall_search_over_serial": round(search["wall_s"] / serial["wall_s"], 3),
               "steps_search_over_dense": round(search["steps"] / dense["steps"], 3),
               "steps_serial_over_dense": round(serial["steps"] / dense["steps"], 3),
               "thresholds_agree": serial["thresholds"] == search["thresholds"] == dense["thresholds"]}
-    (HERE / "results" / "threshold_search.json").write_text(json.dumps(result, indent=2, default=str))
-    lines = [f"# Threshold search, E4 embedded default, {args.slots} trial slots (local Ray, {os.cpu_count()} cores)", "",
+    (HERE / "results" / f"{args.stem}.json").write_text(json.dumps(result, indent=2, default=str))
+    setting = f"E4 embedded default with {args.extra}" if args.extra else "E4 embedded default"
+    lines = [f"# Threshold search, {setting}, {args.slots} trial slots (local Ray, {os.cpu_count()} cores)", "",
              "| run | wall (s) | probes | training steps | × dense steps | thresholds (low, high) |", "|---|---|---|---|---|---|"]
     for name in ("serial", "search", "dense"):
         r = out[name]
@@ -108,7 +116,7 @@ def main() -> None:
                      f"{', '.join(f'({lo}, {hi})' for lo, hi in r['thresholds'])} |")
     lines += ["", f"search / serial wall time: {result['wall_search_over_serial']:.2f}; thresholds agree: "
               f"{result['thresholds_agree']}"]
-    (HERE / "results" / "threshold_search.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results" / f"{args.stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -28,6 +28,7 @@ from apet_ray.delta import DeltaSpec
 from apet_ray.errors import UserError
 from apet_ray.models import resolve
 from apet_ray.report import make_report
+from apet_ray.report.data import SCORE_COLUMNS
 from apet_ray.results import read_results
 from apet_ray.run import check_config
 from apet_ray.search import DecidedProbes, SearchState, ThresholdSearcher, log_grid
@@ -59,6 +60,9 @@ def run(argv=None):
     parser.add_argument("--tol", type=float, help=f"high threshold: score >= FT score - tol (default {HIGH_TOL})")
     parser.add_argument("--dense", action="store_true",
                         help="train every grid count instead of searching (the dense grid a search is checked against)")
+    parser.add_argument("--score", choices=["final", "best"], default="final",
+                        help="judge a probe (and FT) by its final or its best evaluation; with best, a probe stops "
+                             "as soon as an evaluation passes what it was sent to test (default final)")
     parser.add_argument("--head", choices=["frozen", "trainable"],
                         help="BERT classifier head; frozen keeps the count honest (a trained head alone beats chance)")
     args = parse(parser, argv)
@@ -97,6 +101,7 @@ def run(argv=None):
     # 2. every search in one Tune experiment: free slots go to the open intervals of all of them
     tables, _ = read_results(results)
     trials = tables.trials
+    column = SCORE_COLUMNS[args.score]
     states: dict[str, SearchState] = {}
     facts: dict[str, Search] = {}
     for m, t, s, op, dist in searches:
@@ -106,7 +111,7 @@ def run(argv=None):
                          & (trials.task == task_name) & (trials.seed == s) & (trials.status == "finished")] if not trials.empty else trials
         if ft_rows.empty:
             raise UserError(f"no FT result for {m} / {t} / seed {s}: cannot search for the high threshold")
-        ft_score = float(ft_rows.final_score.iloc[0])
+        ft_score = float(ft_rows[column].iloc[0])
         random_guess = float(ft_rows.random_guess.iloc[0])
         base = baseline(random_guess, ft_rows.majority.iloc[0] if "majority" in ft_rows else None)
         name = f"param_ablation-{Path(m).name}-{task_name}-{op}-{dist}-s{s}"
@@ -117,7 +122,7 @@ def run(argv=None):
                       & trials.status.isin(["finished", "decided"])] if not trials.empty else trials
         for _, row in done.iterrows():
             if int(row.delta_params) in grid:
-                state.record(grid.index(int(row.delta_params)), float(row.final_score))
+                state.record(grid.index(int(row.delta_params)), float(row[column]))
         states[name] = state
         facts[name] = Search(m, t, s, op, dist, random_guess, base, ft_score, model_name, task_name)
 
@@ -140,10 +145,10 @@ def run(argv=None):
         return {"trial_id": trial_id(cfg, name), "name": f"apet-{f.op}-{f.dist}-{count}-s{f.seed}",
                 "group": f"{cfg.model} | {cfg.task}", "train": cfg.to_dict()}
 
-    searcher = ThresholdSearcher(states, make)
+    searcher = ThresholdSearcher(states, make, score=args.score)
     started = time.time()
     if args.dense:
-        _run_dense_grid(args, results, states, facts, config)
+        _run_dense_grid(args, results, states, facts, config, column)
     elif not searcher.done:
         study = study_config(args, SEARCH_STUDY)
         study.asha, study.report, study.resume = False, False, False
@@ -162,7 +167,7 @@ def run(argv=None):
             "model": f.model, "task": f.task_name, "seed": f.seed, "structure": f"{f.op}-{f.dist}",
             "random_guess": f.random_guess, "baseline": f.baseline,
             "margin": args.margin, "ft_score": f.ft_score, "tol": args.tol, "grid": grid,
-            "low_threshold": low, "high_threshold": high,
+            "low_threshold": low, "high_threshold": high, "score": args.score,
             "probes": {grid[i]: v for i, v in sorted(state.scores.items())}, "trials": len(searcher.probes[name]),
             "dense_grid_steps": len(grid) * args.max_steps,
         }
@@ -180,7 +185,7 @@ def run(argv=None):
         {"searches": summary, "steps": steps, "dense_grid_steps": len(states) * len(grid) * args.max_steps,
          "wall_s": round(time.time() - started, 1)}, indent=2))
     if not args.no_report:
-        print("\n".join(make_report(results, results / "report").lines()), flush=True)
+        print("\n".join(make_report(results, results / "report", score=args.score).lines()), flush=True)
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,8 @@ class Search:
     task_name: str
 
 
-def _run_dense_grid(args, results: Path, states: dict[str, SearchState], facts: dict[str, "Search"], config) -> None:
+def _run_dense_grid(args, results: Path, states: dict[str, SearchState], facts: dict[str, "Search"], config,
+                    column: str) -> None:
     """Every count of every search, as one grid study; the scores go into the states."""
     trials = [config(f.model, f.task, f.seed, DeltaSpec.apet(f.op, f.dist, budget=count, seed=f.seed))
               for f in facts.values() for count in next(iter(states.values())).grid]
@@ -216,7 +222,7 @@ def _run_dense_grid(args, results: Path, states: dict[str, SearchState], facts: 
                      & (table.distribution == f.dist) & (table.status == "finished")]
         for row in rows.itertuples():
             if int(row.delta_params) in state.grid:
-                state.scores[state.grid.index(int(row.delta_params))] = float(row.final_score)
+                state.scores[state.grid.index(int(row.delta_params))] = float(getattr(row, column))
 
 
 def _dense_thresholds(state: SearchState, args) -> tuple[int | None, int | None]:

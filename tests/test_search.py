@@ -96,16 +96,30 @@ def test_all_searches_of_a_study_run_together():
 def test_a_probe_is_stopped_once_decided_or_no_longer_needed():
     grid = log_grid(10, 10**5, 4)  # 17 counts
     state = SearchState.new(grid, 0.5, 0.05, 0.9, 0.02)
-    searcher = ThresholdSearcher({"s": state}, make_config=lambda name, c: {"count": c})
+    searcher = ThresholdSearcher({"s": state}, make_config=lambda name, c: {"count": c}, score="best")
     stopper = DecidedProbes(searcher)
     first = searcher.suggest("a")["trial"]["count"]
     second = searcher.suggest("b")["trial"]["count"]
     assert first == grid[8] and second != first
-    assert not stopper("a", {"score": 0.6})  # passes the low test, not yet the high one
-    assert stopper("a", {"score": 0.89})  # within tol of FT: passes both tests it is open to
-    searcher.on_trial_complete("a", {"score": 0.89})
+    assert not stopper("a", {"score": 0.6, "best_score": 0.6})  # passes the low test, not yet the high one
+    assert stopper("a", {"score": 0.89, "best_score": 0.89})  # within tol of FT: passes both tests it is open to
+    searcher.on_trial_complete("a", {"score": 0.89, "best_score": 0.89})
     assert "a" in searcher.decided and state.high.hi == 8 and state.low.hi == 8
     if grid.index(second) > 8:  # probing above a count known to pass: nobody needs it now
-        assert stopper("b", {"score": 0.5}) and "b" in searcher.abandoned
-        searcher.on_trial_complete("b", {"score": 0.5})
+        assert stopper("b", {"score": 0.5, "best_score": 0.5}) and "b" in searcher.abandoned
+        searcher.on_trial_complete("b", {"score": 0.5, "best_score": 0.5})
         assert grid.index(second) not in state.scores
+
+
+def test_under_the_final_score_a_passing_probe_trains_to_the_end():
+    # measured on MiniLM at lr 1e-2: a probe passed the low test at step 40 and ended below it
+    # at step 120; stopped as decided, the search's low threshold was 3,162 and the dense grid's 10,000
+    grid = log_grid(10, 10**5, 4)
+    state = SearchState.new(grid, 0.5, 0.05, 0.9, 0.02)
+    searcher = ThresholdSearcher({"s": state}, make_config=lambda name, c: {"count": c})  # score="final"
+    stopper = DecidedProbes(searcher)
+    assert searcher.suggest("a")["trial"]["count"] == grid[8]
+    assert not stopper("a", {"score": 0.95, "best_score": 0.95})  # passes both tests now
+    searcher.on_trial_complete("a", {"score": 0.52, "best_score": 0.95})  # and fails both at the end
+    assert "a" not in searcher.decided and state.scores[8] == 0.52
+    assert state.low.lo == 9 and state.high.lo == 9  # both thresholds lie above count 8
