@@ -6,7 +6,9 @@ bisection over a log-spaced grid of trainable-parameter counts finds the low thr
 class -- by --margin) and the high threshold (fewest reaching FT within --tol), training a
 handful of counts instead of the whole grid. All searches run in one Tune experiment: free
 trial slots go to the open intervals of every search (several counts of one interval at a
-time when slots allow), and a probe stops as soon as its answer is known. The definitions
+time when slots allow), and a probe stops once no open interval needs it -- or, with
+--score best, as soon as an evaluation passes what it tests (a final score can still fall,
+so under --score final, the default, a passing probe trains to the end). The definitions
 are apet_ray/thresholds.py's, shared with the report.
 The thresholds, trials and training steps spent versus the dense grid are printed and
 saved to RESULTS/param_ablation.thresholds.json.
