@@ -2,8 +2,9 @@
 random-initialised preset -- wrapped for the two ways the paper uses a model.
 
 - ``EncoderClassifier`` (BERT-like encoders, MPNet, DistilBERT, DeBERTa: SA, NLI, PI):
-  mean-pooled encoder states -> a linear head. The head always trains and is counted in ``trainable_params``; ``delta_params``
-  excludes it so that budgets compare structures, not heads.
+  mean-pooled encoder states -> a linear head. The head always trains and is counted in
+  ``trainable_params``; ``delta_params`` excludes it so that budgets compare structures,
+  not heads.
 - ``CausalLM`` (decoder-only: Llama, Qwen2, Mistral, OPT, GPT-2, BLOOM): text-to-text as
   T5 is, the target continuing the source.
 - ``Seq2SeqLM`` (T5 family): text-to-text; labels are words, generation is scored by the
@@ -89,7 +90,7 @@ class EncoderClassifier(nn.Module):
             dropout = getattr(backbone.config, "hidden_dropout_prob", 0.1)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.config.hidden_size, num_labels))
         self.prompt: nn.Module | None = None
-        self._takes_types = _accepts(backbone, "token_type_ids")  # DistilBERT has no token types
+        self._takes_types = _accepts(backbone.forward, "token_type_ids")  # DistilBERT has no token types
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None) -> dict:
         embeds = self.backbone.get_input_embeddings()(input_ids)
@@ -159,7 +160,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.backbone = _conv1d_as_linear(backbone)
         self.prompt: nn.Module | None = None
-        self._takes_positions = _accepts(backbone, "position_ids")  # BLOOM's ALiBi reads the mask alone
+        self._takes_positions = _accepts(backbone.forward, "position_ids")  # BLOOM's ALiBi reads the mask alone
 
     def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         embeds = self.backbone.get_input_embeddings()(ids)
@@ -209,8 +210,9 @@ class CausalLM(nn.Module):
         return torch.stack(out, 1) if out else input_ids[:, :0]
 
 
-def _accepts(backbone: nn.Module, argument: str) -> bool:
-    return argument in inspect.signature(backbone.forward).parameters
+def _accepts(function, argument: str) -> bool:
+    """Whether ``function`` takes ``argument`` by name: model classes differ in what they accept."""
+    return argument in inspect.signature(function).parameters
 
 
 def _conv1d_as_linear(backbone: nn.Module) -> nn.Module:
@@ -400,7 +402,7 @@ def _without_pooler(config: PretrainedConfig) -> dict:
     """The classifier pools the hidden states itself: BERT-style encoders are built without
     their pooler (DistilBERT and DeBERTa-v2 have none to leave out)."""
     cls = AutoModel._model_mapping[type(config)]
-    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
+    return {"add_pooling_layer": False} if _accepts(cls.__init__, "add_pooling_layer") else {}
 
 
 def _untie_head(backbone: T5ForConditionalGeneration, where: str | Path) -> T5ForConditionalGeneration:

@@ -42,13 +42,19 @@ DECODERS = {
                                             attention_dropout=0.0, tie_word_embeddings=False,
                                             activation_function="gelu")),  # ReLU units die by data (test_plan)
     # fused q/k/v: GPT-2 in Conv1D layers with a tied head, BLOOM with ALiBi and no position table
-    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=120, n_embd=32, n_inner=48, n_layer=2, n_head=4,
-                                               n_positions=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
-    "bloom": lambda: BloomForCausalLM(BloomConfig(vocab_size=120, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0,
-                                                  bos_token_id=1, eos_token_id=2, hidden_dropout=0.0,
-                                                  attention_dropout=0.0)),
+    "gpt2": lambda: _gpt2(vocab_size=120, n_inner=48, n_positions=256, bos_token_id=1, eos_token_id=2),
+    "bloom": lambda: _bloom(vocab_size=120, bos_token_id=1, eos_token_id=2),
 }
+
+
+def _gpt2(**kw) -> GPT2LMHeadModel:
+    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
+                                      attn_pdrop=0.0, **kw))
+
+
+def _bloom(**kw) -> BloomForCausalLM:
+    return BloomForCausalLM(BloomConfig(hidden_size=32, n_layer=2, n_head=4, pad_token_id=0, hidden_dropout=0.0,
+                                        attention_dropout=0.0, **kw))
 
 
 # The same tiny architectures with the MiniLM tokenizer's vocabulary, for runs through
@@ -64,12 +70,8 @@ _SAVABLE = {
                                                          pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
                                                          position_biased_input=False, position_buckets=16, type_vocab_size=0,
                                                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
-    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=30522, n_embd=32, n_inner=64, n_layer=2, n_head=4,
-                                               n_positions=512, pad_token_id=0, bos_token_id=101, eos_token_id=102,
-                                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
-    "bloom": lambda: BloomForCausalLM(BloomConfig(vocab_size=30522, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0,
-                                                  bos_token_id=101, eos_token_id=102, hidden_dropout=0.0,
-                                                  attention_dropout=0.0)),
+    "gpt2": lambda: _gpt2(vocab_size=30522, n_inner=64, n_positions=512, bos_token_id=101, eos_token_id=102),
+    "bloom": lambda: _bloom(vocab_size=30522, bos_token_id=101, eos_token_id=102),
 }
 
 

@@ -69,6 +69,13 @@ class Family:
     bitfit_tables: tuple[str, ...] = ()
 
 
+# every linear layer of a block with separate q, k and v (fused ones: _FUSED_LINEAR)
+_LINEAR = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+# "the bias terms in the self-attention and layer norm layers": BertAttention (q, k, v and its
+# output dense + LayerNorm) and BertOutput (the FFN's output dense + LayerNorm) -- every bias
+# but the FFN's first layer. Gives Table 2's 0.05 / 0.06 / 0.05 % on BERT small/base/large.
+_PAPER_BITFIT = ("query", "key", "value", "attn_out", "ffn_out")
+
 BERT = Family(
     name="bert",
     model_types=("bert", "roberta", "xlm-roberta", "electra"),
@@ -85,11 +92,8 @@ BERT = Family(
     },
     input_embeddings="embeddings.word_embeddings",
     norms_outside_blocks=("embeddings.LayerNorm",),
-    linear_roles=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
-    # "the bias terms in the self-attention and layer norm layers": BertAttention (q, k, v and
-    # its output dense + LayerNorm) and BertOutput (the FFN's output dense + LayerNorm) -- every
-    # bias but the FFN's first layer. Gives Table 2's 0.05 / 0.06 / 0.05 % on BERT small/base/large.
-    bitfit_roles=("query", "key", "value", "attn_out", "ffn_out"),
+    linear_roles=_LINEAR,
+    bitfit_roles=_PAPER_BITFIT,
 )
 
 T5 = Family(
@@ -148,8 +152,8 @@ MPNET = Family(
     },
     input_embeddings="embeddings.word_embeddings",
     norms_outside_blocks=("embeddings.LayerNorm",),
-    linear_roles=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
-    bitfit_roles=("query", "key", "value", "attn_out", "ffn_out"),  # as BERT's
+    linear_roles=_LINEAR,
+    bitfit_roles=_PAPER_BITFIT,  # as BERT's
 )
 
 # DistilBERT: BERT's blocks, six of them, under shorter names; no token types.
@@ -169,8 +173,8 @@ DISTILBERT = Family(
     },
     input_embeddings="embeddings.word_embeddings",
     norms_outside_blocks=("embeddings.LayerNorm",),
-    linear_roles=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
-    bitfit_roles=("query", "key", "value", "attn_out", "ffn_out"),  # as BERT's
+    linear_roles=_LINEAR,
+    bitfit_roles=_PAPER_BITFIT,  # as BERT's
 )
 
 # DeBERTa-v2 and v3 (one model type): BERT's layout with *_proj names; the relative-position
@@ -193,11 +197,9 @@ DEBERTA_V2 = Family(
     },
     input_embeddings="embeddings.word_embeddings",
     norms_outside_blocks=("embeddings.LayerNorm", "encoder.LayerNorm"),
-    linear_roles=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
-    bitfit_roles=("query", "key", "value", "attn_out", "ffn_out"),  # as BERT's
+    linear_roles=_LINEAR,
+    bitfit_roles=_PAPER_BITFIT,  # as BERT's
 )
-
-_CAUSAL_LINEAR = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 
 # Llama-style decoders (Llama, Qwen2/3, Mistral): q/k/v/o, a gated FFN, RMS norms.
 LLAMA = Family(
@@ -216,10 +218,10 @@ LLAMA = Family(
     },
     input_embeddings="model.embed_tokens",
     norms_outside_blocks=("model.norm",),
-    linear_roles=_CAUSAL_LINEAR,
+    linear_roles=_LINEAR,
     # as the release does for T5: a zero bias on every linear layer of the blocks (not on the
     # LM head: a vocabulary-sized bias would outweigh everything else, 150k values on Qwen2)
-    bitfit_roles=_CAUSAL_LINEAR,
+    bitfit_roles=_LINEAR,
 )
 
 # OPT (the release's vendored decoder): LayerNorms with biases, fc1/fc2.
@@ -239,8 +241,8 @@ OPT = Family(
     },
     input_embeddings="model.decoder.embed_tokens",
     norms_outside_blocks=("model.decoder.final_layer_norm",),
-    linear_roles=_CAUSAL_LINEAR,
-    bitfit_roles=_CAUSAL_LINEAR,  # the release's OPT BitFit: every "bias" (OPT's head has none)
+    linear_roles=_LINEAR,
+    bitfit_roles=_LINEAR,  # the release's OPT BitFit: every "bias" (OPT's head has none)
 )
 
 # Fused attention: one layer computes q, k and v together, so "query", "key" and "value"

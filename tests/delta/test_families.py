@@ -88,46 +88,6 @@ def test_lora_matches_peft(family):
     assert not torch.allclose(got, DECODERS[family]()(input_ids=ids).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("op", ["add", "concat", "plugin"])
-def test_adamw_moves_only_the_masked_values_and_every_counted_entry_trains(family, op):
-    model = tiny_decoder(family).train()
-    # GELU in the plugin: a ReLU unit can be off for the whole batch, dead by data (test_plan)
-    attach(model, dataclasses.replace(DeltaSpec.apet(op, "adjacent", budget=700, seed=3), activation="gelu"))
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    masks = {n: m for n, m in model.named_modules() if isinstance(m, MaskedTensor)}
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():  # a non-zero state: zero-initialised sides pass no gradient at the start
-        for m in masks.values():
-            m.values.copy_(0.05 * torch.randn(m.values.shape, generator=g))
-    model(**batch())["loss"].backward()
-    for n, m in masks.items():
-        assert m.values.grad is not None and bool((m.values.grad != 0).all()), n  # no dead budget
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.5)
-    opt.step()
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            assert torch.equal(p, frozen[n]), n
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("spec", [DeltaSpec.pet("lora"), DeltaSpec.pet("prompt"), DeltaSpec.pet("bitfit"),
-                                  DeltaSpec.apet("add", "discrete", budget=900)], ids=lambda s: s.label)
-def test_save_then_load_reproduces_outputs(family, spec, tmp_path):
-    model = tiny_decoder(family)
-    attach(model, spec)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 0.1)
-    path = save_deltas(model, tmp_path / "d.safetensors")
-    fresh = tiny_decoder(family)
-    attach(fresh, DeltaSpec.from_json(spec.to_json()))
-    load_deltas(fresh, path)
-    with torch.no_grad():
-        assert torch.equal(fresh(**batch())["logits"], model(**batch())["logits"])
-
-
 def test_an_unknown_architecture_is_refused_in_one_line():
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -232,20 +192,28 @@ def test_encoder_lora_matches_peft(family):
     assert not torch.allclose(got, plain, atol=1e-3)  # the LoRA weights did something
 
 
-@pytest.mark.parametrize("family", sorted(ENCODERS))
+# ---- every family, encoders and decoders alike: AdamW isolation and save/load ----------------
+
+def _model_and_batch(family: str):
+    return (tiny_encoder(family), encoder_batch()) if family in ENCODERS else (tiny_decoder(family), batch())
+
+
+@pytest.mark.parametrize("family", FAMILIES + sorted(ENCODERS))
 @pytest.mark.parametrize("op", ["add", "concat", "plugin"])
-def test_encoder_adamw_moves_only_the_masked_values(family, op):
-    model = tiny_encoder(family).train()
+def test_adamw_moves_only_the_masked_values_and_every_counted_entry_trains(family, op):
+    model, inputs = _model_and_batch(family)
+    model.train()
+    # GELU in the plugin: a ReLU unit can be off for the whole batch, dead by data (test_plan)
     attach(model, dataclasses.replace(DeltaSpec.apet(op, "adjacent", budget=700, seed=3), activation="gelu"))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     masks = {n: m for n, m in model.named_modules() if isinstance(m, MaskedTensor)}
     g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
+    with torch.no_grad():  # a non-zero state: zero-initialised sides pass no gradient at the start
         for m in masks.values():
             m.values.copy_(0.05 * torch.randn(m.values.shape, generator=g))
-    model(**encoder_batch())["loss"].backward()
+    model(**inputs)["loss"].backward()
     for n, m in masks.items():
-        assert m.values.grad is not None and bool((m.values.grad != 0).all()), n
+        assert m.values.grad is not None and bool((m.values.grad != 0).all()), n  # no dead budget
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.5)
     opt.step()
     for n, p in model.named_parameters():
@@ -253,22 +221,22 @@ def test_encoder_adamw_moves_only_the_masked_values(family, op):
             assert torch.equal(p, frozen[n]), n
 
 
-@pytest.mark.parametrize("family", sorted(ENCODERS))
+@pytest.mark.parametrize("family", FAMILIES + sorted(ENCODERS))
 @pytest.mark.parametrize("spec", [DeltaSpec.pet("lora"), DeltaSpec.pet("prompt"), DeltaSpec.pet("bitfit"),
                                   DeltaSpec.apet("add", "discrete", budget=900)], ids=lambda s: s.label)
-def test_encoder_save_then_load_reproduces_outputs(family, spec, tmp_path):
-    model = tiny_encoder(family)
+def test_save_then_load_reproduces_outputs(family, spec, tmp_path):
+    model, inputs = _model_and_batch(family)
     attach(model, spec)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 0.1)
     path = save_deltas(model, tmp_path / "d.safetensors")
-    fresh = tiny_encoder(family)
+    fresh, _ = _model_and_batch(family)
     attach(fresh, DeltaSpec.from_json(spec.to_json()))
     load_deltas(fresh, path)
     with torch.no_grad():
-        assert torch.equal(fresh(**encoder_batch())["logits"], model(**encoder_batch())["logits"])
+        assert torch.equal(fresh(**inputs)["logits"], model(**inputs)["logits"])
 
 
 # ---- `apet-ray params` on each family's config folder (the meta-device path a run plans on) ----
