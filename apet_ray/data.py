@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from apet_ray.delta.architectures import Kind
 from apet_ray.tasks import Example, Task, to_text
 
 
@@ -38,17 +39,17 @@ def _clip(texts, tokens: int) -> list[str]:
     return [t[:most] for t in texts]
 
 
-def encode(task: Task, examples: list[Example], tokenizer, family: str, max_input_len: int | None = None,
+def encode(task: Task, examples: list[Example], tokenizer, kind: str, max_input_len: int | None = None,
            max_target_len: int = 128) -> Encoded:
     limit = max_input_len or task.max_input_len
-    if family == "bert":
+    if kind == Kind.BERT:
         texts = [e.inputs for e in examples]
         pairs = _clip([t[1] for t in texts], limit) if len(task.text_columns) == 2 else None
         enc = tokenizer(_clip([t[0] for t in texts], limit), pairs, truncation=True, max_length=limit)
         return Encoded(enc["input_ids"], enc.get("token_type_ids"), [e.label for e in examples], examples)
     sources, targets = zip(*(to_text(task, e) for e in examples))
     src = tokenizer(_clip(sources, limit), truncation=True, max_length=limit)["input_ids"]
-    if family == "causal":  # the target continues the source: no BOS inside, an EOS to stop at
+    if kind == Kind.CAUSAL:  # the target continues the source: no BOS inside, an EOS to stop at
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         tgt = [ids[: max_target_len - 1] + [eos] for ids in
                tokenizer(_clip(targets, max_target_len), add_special_tokens=False)["input_ids"]]
@@ -59,7 +60,7 @@ def encode(task: Task, examples: list[Example], tokenizer, family: str, max_inpu
     return Encoded(src, None, tgt, list(examples))
 
 
-def collate(data: Encoded, rows: list[int], pad_id: int, family: str) -> dict[str, torch.Tensor]:
+def collate(data: Encoded, rows: list[int], pad_id: int, kind: str) -> dict[str, torch.Tensor]:
     ids = [data.input_ids[i] for i in rows]
     width = max(len(r) for r in ids)
     batch = {
@@ -69,7 +70,7 @@ def collate(data: Encoded, rows: list[int], pad_id: int, family: str) -> dict[st
     if data.token_type_ids is not None:
         tt = [data.token_type_ids[i] for i in rows]
         batch["token_type_ids"] = torch.tensor([r + [0] * (width - len(r)) for r in tt])
-    if family == "bert":
+    if kind == Kind.BERT:
         batch["labels"] = torch.tensor([data.labels[i] for i in rows])
     else:
         tgt = [data.labels[i] for i in rows]

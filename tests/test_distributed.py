@@ -28,11 +28,11 @@ def _config(model: Path, method: str) -> TrainConfig:
 
 
 def _worker(rank: int, cfg: dict, out: str, port: int) -> None:
-    import apet_ray.models as models
+    import apet_ray.models.loading as loading
 
     reads = []  # which ranks read weights from the model folder (the real loader still runs)
-    load = models._pretrained
-    models._pretrained = lambda *args, **kw: reads.append(rank) or load(*args, **kw)
+    load = loading._pretrained
+    loading._pretrained = lambda *args, **kw: reads.append(rank) or load(*args, **kw)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     head = sum(p.numel() for p in model.head.parameters()) if hasattr(model, "head") else 0
     result = {
         "model": info.name,
-        "family": info.family,
+        "family": info.kind,  # the key trials tables and dry runs use for the kind
         "method": spec.method,
         "label": spec.label,
         "op": spec.op,
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{info.name} ({info.family}, {total:,} backbone parameters)")
+        print(f"{info.name} ({info.kind}, {total:,} backbone parameters)")
         print(f"  {spec.label}: {trainable:,} trainable delta parameters = {100 * trainable / total:.4f}% of the backbone"
               + (f"  [size {plan.size}]" if plan.size else ""))
         if head:

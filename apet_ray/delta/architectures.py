@@ -1,6 +1,9 @@
 """Where things are in each model family: one table per family, nothing else knows names.
 
-A *role* names a kind of position inside a transformer block ("query", "ffn_out", ...).
+A *family* (``Family``: BERT, T5, Llama, GPT-2, ...) is one table of module names; its
+*kind* (``Kind``: bert, t5, causal) is how apet-ray uses the model -- the wrapper, the data
+layout and the scoring. Several families share a kind (MPNet and DeBERTa are ``bert``).
+A *role* names a position inside a transformer block ("query", "ffn_out", ...).
 Specs speak in roles; this module turns a role into the concrete modules of a model.
 Adding a family means adding one ``Family`` entry.
 """
@@ -50,11 +53,23 @@ def _decoder_only(*paths: str) -> Callable[[nn.Module, str], list[str]]:
     return find
 
 
+class Kind:
+    """How a model is used: the one place the three kinds are spelled. Plain strings, written
+    as they are into the trials table's ``family`` column (docs/schema.md)."""
+
+    BERT = "bert"  # an encoder + a classifier head (models.EncoderClassifier): classification only
+    T5 = "t5"  # encoder-decoder, text-to-text (models.Seq2SeqLM)
+    CAUSAL = "causal"  # decoder-only, text-to-text: the target continues the source (models.CausalLM)
+
+
+KINDS = (Kind.BERT, Kind.T5, Kind.CAUSAL)
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]
-    kind: str  # how the model is used: bert (encoder + classifier head), t5 (text-to-text), causal (decoder-only)
+    kind: str  # a Kind
     stacks: tuple[str, ...]  # paths of the ModuleLists of blocks
     roles: RolePaths
     input_embeddings: str  # the token embedding a prompt is prepended to
@@ -67,6 +82,9 @@ class Family:
     bitfit_roles: tuple[str, ...] = ()
     bitfit_linears: tuple[str, ...] = ()
     bitfit_tables: tuple[str, ...] = ()
+    # model type -> rows at the start of the position table that no token uses (RoBERTa-style
+    # encoders reserve padding_idx + 1 = 2): the input may use max_position_embeddings - this
+    position_offsets: dict[str, int] = field(default_factory=dict)
 
 
 # every linear layer of a block with separate q, k and v (fused ones: _FUSED_LINEAR)
@@ -79,7 +97,7 @@ _PAPER_BITFIT = ("query", "key", "value", "attn_out", "ffn_out")
 BERT = Family(
     name="bert",
     model_types=("bert", "roberta", "xlm-roberta", "electra"),
-    kind="bert",
+    kind=Kind.BERT,
     stacks=("encoder.layer",),
     roles={
         "query": _at("attention.self.query"),
@@ -94,12 +112,13 @@ BERT = Family(
     norms_outside_blocks=("embeddings.LayerNorm",),
     linear_roles=_LINEAR,
     bitfit_roles=_PAPER_BITFIT,
+    position_offsets={"roberta": 2, "xlm-roberta": 2},
 )
 
 T5 = Family(
     name="t5",
     model_types=("t5", "mt5", "umt5"),
-    kind="t5",
+    kind=Kind.T5,
     stacks=("encoder.block", "decoder.block"),
     roles={
         "query": _at("layer.0.SelfAttention.q"),
@@ -139,7 +158,7 @@ T5 = Family(
 MPNET = Family(
     name="mpnet",
     model_types=("mpnet",),
-    kind="bert",
+    kind=Kind.BERT,
     stacks=("encoder.layer",),
     roles={
         "query": _at("attention.attn.q"),
@@ -154,13 +173,14 @@ MPNET = Family(
     norms_outside_blocks=("embeddings.LayerNorm",),
     linear_roles=_LINEAR,
     bitfit_roles=_PAPER_BITFIT,  # as BERT's
+    position_offsets={"mpnet": 2},  # RoBERTa-style positions
 )
 
 # DistilBERT: BERT's blocks, six of them, under shorter names; no token types.
 DISTILBERT = Family(
     name="distilbert",
     model_types=("distilbert",),
-    kind="bert",
+    kind=Kind.BERT,
     stacks=("transformer.layer",),
     roles={
         "query": _at("attention.q_lin"),
@@ -184,7 +204,7 @@ DISTILBERT = Family(
 DEBERTA_V2 = Family(
     name="deberta-v2",
     model_types=("deberta-v2",),
-    kind="bert",
+    kind=Kind.BERT,
     stacks=("encoder.layer",),
     roles={
         "query": _at("attention.self.query_proj"),
@@ -205,7 +225,7 @@ DEBERTA_V2 = Family(
 LLAMA = Family(
     name="llama",
     model_types=("llama", "qwen2", "qwen3", "mistral"),
-    kind="causal",
+    kind=Kind.CAUSAL,
     stacks=("model.layers",),
     roles={
         "query": _at("self_attn.q_proj"),
@@ -228,7 +248,7 @@ LLAMA = Family(
 OPT = Family(
     name="opt",
     model_types=("opt",),
-    kind="causal",
+    kind=Kind.CAUSAL,
     stacks=("model.decoder.layers",),
     roles={
         "query": _at("self_attn.q_proj"),
@@ -260,7 +280,7 @@ def _fused(path: str) -> dict[str, Callable[[nn.Module, str], list[str]]]:
 GPT2 = Family(
     name="gpt2",
     model_types=("gpt2",),
-    kind="causal",
+    kind=Kind.CAUSAL,
     stacks=("transformer.h",),
     roles={
         **_fused("attn.c_attn"),
@@ -280,7 +300,7 @@ GPT2 = Family(
 BLOOM = Family(
     name="bloom",
     model_types=("bloom",),
-    kind="causal",
+    kind=Kind.CAUSAL,
     stacks=("transformer.h",),
     roles={
         **_fused("self_attention.query_key_value"),
@@ -317,6 +337,12 @@ def family_for_model_type(model_type: str | None) -> Family:
     raise UserError(f"model type {model_type!r} is not supported (supported: {known})")
 
 
+def position_offset(model_type: str | None) -> int:
+    """The position rows a model type reserves (its family's ``position_offsets``); 0 when
+    it reserves none or no family covers it."""
+    return next((f.position_offsets.get(model_type, 0) for f in FAMILIES if model_type in f.model_types), 0)
+
+
 def family_of(backbone: nn.Module) -> Family:
     return family_for_model_type(getattr(getattr(backbone, "config", None), "model_type", None))
 
@@ -325,7 +351,7 @@ def known_roles(fam: Family) -> list[str]:
     return sorted(set(fam.roles) | set(GROUP_ROLES))
 
 
-_LOADED_AS = {"bert": "AutoModel", "t5": "T5ForConditionalGeneration", "causal": "AutoModelForCausalLM"}
+_LOADED_AS = {Kind.BERT: "AutoModel", Kind.T5: "T5ForConditionalGeneration", Kind.CAUSAL: "AutoModelForCausalLM"}
 
 
 def blocks(backbone: nn.Module, fam: Family) -> list[tuple[str, str, nn.Module]]:

@@ -1,4 +1,4 @@
-"""Turn the raw results tables into what the report needs: labels, families, one score.
+"""Turn the raw results tables into what the report needs: labels, kinds, one score.
 
 Everything downstream works on plain string keys (nulls become ""), because pandas drops
 rows whose group key is null unless told otherwise, and a silently dropped APET trial
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from apet_ray.delta.architectures import Kind
 from apet_ray.delta.methods import display_label, order_of, pet_methods
 from apet_ray.results import Results
 from apet_ray.tasks import TASKS
@@ -20,7 +21,7 @@ from apet_ray.thresholds import LEARN_MARGIN, baseline, learned
 SCORE_COLUMNS = {"final": "final_score", "best": "best_score"}
 METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "rougeL": "ROUGE-L"}
 TASK_TYPE_ORDER = {"SA": 0, "NLI": 1, "PI": 2, "QA": 3, "SUM": 4}
-FAMILY_LABELS = {"bert": "BERT", "t5": "T5", "causal": "decoder-only"}
+KIND_LABELS = {Kind.BERT: "BERT", Kind.T5: "T5", Kind.CAUSAL: "decoder-only"}
 
 
 def _text(value: object) -> str:
@@ -35,11 +36,12 @@ def method_label(method: object, op: object = "", distribution: object = "", mat
     return display_label(*(_text(v) for v in (method, op, distribution, match)))
 
 
-def family_label(family: object, model: object) -> str:
-    """"BERT", "T5", or the model itself when the row predates the family column: sizes are
-    compared within a family, as in the paper, and an unknown family is compared with nothing."""
-    family = _text(family)
-    return FAMILY_LABELS.get(family, family) if family else f"? {_text(model)}"
+def kind_label(kind: object, model: object) -> str:
+    """"BERT", "T5", "decoder-only", or the model itself when the row predates the ``family``
+    column (which holds the kind): sizes are compared within a kind, as in the paper, and an
+    unknown kind is compared with nothing."""
+    kind = _text(kind)
+    return KIND_LABELS.get(kind, kind) if kind else f"? {_text(model)}"
 
 
 def registered_task_type(task: str) -> str:
@@ -63,7 +65,7 @@ def metric_label(metric: str) -> str:
 class ReportData:
     """Usable rows plus what was set aside, with report-ready columns added.
 
-    ``trials`` gains ``label``, ``family``, ``score`` (the chosen score column), ``baseline``
+    ``trials`` gains ``label``, ``family`` (the kind's label), ``score`` (the chosen score column), ``baseline``
     (``thresholds.baseline``: chance or the majority class) and ``learned``;
     ``curves`` gains the trial's ``match``, ``label``, ``total_params``, ``metric``;
     ``transfer`` gains ``label`` and ``relative_value`` (given or computed).
@@ -134,7 +136,7 @@ def prepare(results: Results, score: str = "final") -> ReportData:
     trials["label"] = [
         method_label(*r) for r in trials[["method", "op", "distribution", "match"]].itertuples(index=False)
     ]
-    trials["family"] = [family_label(f, m) for f, m in zip(trials["family"], trials["model"])]
+    trials["family"] = [kind_label(k, m) for k, m in zip(trials["family"], trials["model"])]
     trials["method_rank"] = trials["method"].map(order_of)
     trials["baseline"] = [baseline(r, m) for r, m in zip(trials["random_guess"].astype(float), trials["majority"].astype(float))]
     trials["learned"] = pd.Series([learned(sc, b) for sc, b in zip(trials["score"], trials["baseline"])],

@@ -41,13 +41,14 @@ def draw_baselines(ax, trials: pd.DataFrame, model: str, task: str) -> None:
 
 
 def task_average(stats: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
-    """The paper's view of Fig. 3: per family, the mean over tasks of each task's seed mean.
+    """The paper's view of Fig. 3: per model kind (the ``family`` column), the mean over tasks
+    of each task's seed mean.
 
-    Only tasks that have every (model, method) point of their family are averaged, so each
-    point of a line stands on the same tasks; a family needs two such tasks.
+    Only tasks that have every (model, method) point of their kind are averaged, so each
+    point of a line stands on the same tasks; a kind needs two such tasks.
     """
     panels = []
-    for family, group in stats.groupby("family", sort=True):
+    for kind, group in stats.groupby("family", sort=True):
         points = group[["model", "label"]].drop_duplicates()
         complete = [task for task, g in group.groupby("task")
                     if len(g[["model", "label"]].drop_duplicates()) == len(points)]
@@ -58,13 +59,13 @@ def task_average(stats: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFram
         mean["std"] = float("nan")  # spread over tasks is not noise: no error bars
         metrics = sorted(set(group["metric"]))
         mean["metric"] = metrics[0] if len(metrics) == 1 else ""  # mixed metrics: "score (%)"
-        panels.append(((f"mean of {len(complete)} tasks", family), mean))
+        panels.append(((f"mean of {len(complete)} tasks", kind), mean))
     return panels
 
 
 def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
-    """Score vs backbone size per PET method, FT dashed: first the paper's panel per family
-    (mean over tasks), then one panel per task and family."""
+    """Score vs backbone size per PET method, FT dashed: first the paper's panel per kind
+    (mean over tasks), then one panel per task and kind."""
     pet = pet_default(data.trials)
     if pet.empty or not (pet["method"] != "ft").any():
         raise Skip("no PET trials at their default configuration (requested_params null)")
@@ -81,7 +82,7 @@ def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
     panels = task_average(stats[[key in with_sizes for key in zip(stats["task"], stats["family"])]]) + panels
     colors = label_colors(ordered_labels(stats[stats["method"] != "ft"]))
     fig, axes = panel_grid(len(panels))
-    for ax, ((task, family), group) in zip(axes, panels):
+    for ax, ((task, kind), group) in zip(axes, panels):
         for label in ordered_labels(group[group["method"] != "ft"]):
             line = group[group["label"] == label].sort_values("total_params")
             ax.errorbar(
@@ -92,7 +93,7 @@ def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
         if not ft.empty:
             ax.plot(ft["total_params"], 100 * ft["mean"], "k--", marker="s", label="FT")
         if task in set(data.trials["task"]):  # a task's panel (not the mean over tasks): its baseline per size
-            at = data.trials[(data.trials["task"] == task) & (data.trials["family"] == family)]
+            at = data.trials[(data.trials["task"] == task) & (data.trials["family"] == kind)]
             base = at.groupby("total_params")["baseline"].mean().sort_index()
             ax.plot(base.index, 100 * base.values, color="0.4", linestyle=":", label=BASELINE_LABEL)
         sizes = group.drop_duplicates("total_params").sort_values("total_params")
@@ -105,7 +106,7 @@ def fig3_scaling(data: ReportData, out_dir: Path) -> list[Path]:
         ax.minorticks_off()
         ax.set_xlabel("backbone parameters (log scale)")
         ax.set_ylabel(panel_metric_label(group))
-        ax.set_title(f"{task} ({family})")
+        ax.set_title(f"{task} ({kind})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     suptitle(fig, "Fig. 3 — PET methods vs model scale (per task: mean ± std over seeds; "
@@ -136,7 +137,7 @@ def fig5_structure(data: ReportData, out_dir: Path) -> list[Path]:
         stats.groupby(["task", "family", "total_params", "model"]), key=lambda kv: (task_sort_key(kv[0][0], data), kv[0])
     )
     fig, axes = panel_grid(len(panels))
-    for ax, ((task, _family, _size, model), group) in zip(axes, panels):
+    for ax, ((task, _kind, _size, model), group) in zip(axes, panels):
         groups = sorted(set(group["group"]), key=order_of)
         present = [s for s in structures if s in set(group["structure"])]
         width = 0.8 / len(present)
@@ -251,7 +252,7 @@ def fig7_params(data: ReportData, out_dir: Path) -> list[Path]:
     labels = ordered_labels(trials[trials["label"].isin(set(lines["label"]))])
     colors = label_colors(labels)
     fig, axes = panel_grid(len(panels))
-    for ax, ((task, _family, _size, model), group) in zip(axes, panels):
+    for ax, ((task, _kind, _size, model), group) in zip(axes, panels):
         panel_trials = trials[(trials["task"] == task) & (trials["model"] == model)]
         for row in group.set_index("label").loc[[lb for lb in labels if lb in set(group["label"])]].itertuples():
             points = panel_trials[panel_trials["label"] == row.Index]

@@ -5,8 +5,9 @@ from a simple rule stated in the text, with the numbers behind it. A finding wit
 parts is "not supported" if any part fails, else "not enough data" if any part cannot be
 judged, else "supported": the verdict never claims more than the data shows.
 
-Model sizes are compared within a family (T5 with T5, BERT with BERT), smallest against
-largest size present, as the paper does. Score differences are in percentage points.
+Model sizes are compared within a kind (the ``family`` column: T5 with T5, BERT with BERT),
+smallest against largest size present, as the paper does. Score differences are in
+percentage points.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def finding1(data: ReportData) -> Finding:
     ft_part = Part(f"all PET methods reach FT at ≥{human(LARGE_MODEL)}", NOT_ENOUGH, rule_ft)
     holds: list[bool] = []
     reach: list[bool] = []
-    for (task, family), group in stats.groupby(["task", "family"]):
+    for (task, kind), group in stats.groupby(["task", "family"]):
         sizes: dict[float, tuple[str, float, pd.Series]] = {}
         for (size, model), at in group.groupby(["total_params", "model"]):
             ft, pet = at[at["method"] == "ft"], at[at["method"] != "ft"]
@@ -110,7 +111,7 @@ def finding1(data: ReportData) -> Finding:
         ok = (g1 < g0 or g1 <= HIGH_TOL) and (s1 <= s0 or s1 <= HIGH_TOL)
         holds.append(ok)
         gap_part.evidence.append(
-            f"{task} ({family}, methods: {', '.join(common)}): {_m(small[0], min(sizes))} worst gap to FT "
+            f"{task} ({kind}, methods: {', '.join(common)}): {_m(small[0], min(sizes))} worst gap to FT "
             f"{_pts(g0)}, spread {_pts(s0)} → {_m(large[0], max(sizes))} gap {_pts(g1)}, spread {_pts(s1)} "
             f"— {'holds' if ok else 'does not hold'}"
         )
@@ -156,7 +157,7 @@ def finding2(data: ReportData) -> Finding:
     holds: list[bool] = []
     if not frame.empty:
         stats = seed_stats(frame, ["task", "family", "model", "total_params", "group", "structure"])
-        for (task, family, group), at in stats.groupby(["task", "family", "group"]):
+        for (task, kind, group), at in stats.groupby(["task", "family", "group"]):
             by_size = {
                 size: (model, s.set_index("structure")["mean"])
                 for (size, model), s in at.groupby(["total_params", "model"])
@@ -173,7 +174,7 @@ def finding2(data: ReportData) -> Finding:
             ok = gap1 < gap0
             holds.append(ok)
             structure.evidence.append(
-                f"{task} ({family}, ={group}; {', '.join(common)}): structure gap {_pts(gap0)} on "
+                f"{task} ({kind}, ={group}; {', '.join(common)}): structure gap {_pts(gap0)} on "
                 f"{_m(m0, min(by_size))} → {_pts(gap1)} on {_m(m1, max(by_size))} — "
                 f"{'holds' if ok else 'does not hold'}"
             )
@@ -254,7 +255,7 @@ def finding3(data: ReportData) -> Finding:
         known = table if column == "high_threshold" else table.dropna(subset=[column])
         if column == "high_threshold":
             known = known[known["ft_score"].notna()]
-        for (task, family, label), at in known.groupby(["task", "family", "label"]):
+        for (task, kind, label), at in known.groupby(["task", "family", "label"]):
             if at["total_params"].nunique() < 2:
                 continue
             at = at.sort_values("total_params")
@@ -265,7 +266,7 @@ def finding3(data: ReportData) -> Finding:
             ok = (b < a) if falls_is_good else (b >= a)
             holds.append(bool(ok))
             part.evidence.append(
-                f"{task} ({family}), {label}: {_count(first, column)} on {_m(first['model'], first['total_params'])} "
+                f"{task} ({kind}), {label}: {_count(first, column)} on {_m(first['model'], first['total_params'])} "
                 f"→ {_count(last, column)} on {_m(last['model'], last['total_params'])} — "
                 f"{'holds' if ok else 'does not hold'}"
             )

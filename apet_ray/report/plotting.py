@@ -62,8 +62,8 @@ def ordered_labels(df: pd.DataFrame) -> list[str]:
 
 def task_sort_key(task: str, data: ReportData) -> tuple[int, str, str]:
     """Sort key putting tasks in the paper's type order (SA, NLI, PI, QA, SUM)."""
-    kind = data.task_types.get(task, "")
-    return (TASK_TYPE_ORDER.get(kind, len(TASK_TYPE_ORDER)), kind, task)
+    task_type = data.task_types.get(task, "")
+    return (TASK_TYPE_ORDER.get(task_type, len(TASK_TYPE_ORDER)), task_type, task)
 
 
 def panel_metric_label(df: pd.DataFrame) -> str:

@@ -37,7 +37,7 @@ def rows_from_record(record: RunRecord, study: str, trial_id: str, status: str, 
         "seed": int(cfg["seed"]),
     }
     trial = {
-        **common, "trial_id": trial_id, "family": record.family, "total_params": record.total_params,
+        **common, "trial_id": trial_id, "family": record.kind, "total_params": record.total_params,
         "task": record.task,
         "task_type": record.task_type.upper(),  # SA, NLI, PI, QA, SUM as in the paper and the report
         "match": spec["match"] if is_apet else None,

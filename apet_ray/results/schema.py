@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from apet_ray.delta import DISTRIBUTIONS as SPEC_DISTRIBUTIONS
 from apet_ray.delta import OPS, matchable_methods, method_names
+from apet_ray.delta.architectures import KINDS
 
 SCHEMA_VERSION = "2"  # 2: trials gained family, majority, peak_memory_mb, tokens_per_s, checkpoint_bytes
 
@@ -33,7 +34,7 @@ TRIALS_SCHEMA = pa.schema(
         _f("trial_id", _STR),
         _f("study", _STR),
         _f("model", _STR),
-        _f("family", _STR, True),  # bert | t5 (null in schema-1 files)
+        _f("family", _STR, True),  # the model's kind: bert | t5 | causal (null in schema-1 files)
         _f("total_params", _INT),
         _f("task", _STR),
         _f("task_type", _STR),
@@ -119,7 +120,6 @@ ADDED_COLUMNS = {"trials": ("family", "majority", "tokens_per_s", "peak_memory_m
 DISTRIBUTIONS = tuple(d for d in SPEC_DISTRIBUTIONS if d != "full")  # PET rows leave it empty
 METRICS = ("accuracy", "f1", "rougeL")
 STATUSES = ("finished", "early_stopped", "decided", "search", "error")
-FAMILIES = ("bert", "t5", "causal")
 _CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "method": method_names,
     "op": lambda: OPS,
@@ -127,7 +127,7 @@ _CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "match": matchable_methods,
     "metric": lambda: METRICS,
     "status": lambda: STATUSES,
-    "family": lambda: FAMILIES,
+    "family": lambda: KINDS,  # the column keeps its schema-2 name; it holds the kind
 }
 # scores are fractions; a 0-100 value is the most likely silent mistake, so refuse it
 _FRACTION_COLUMNS = ("random_guess", "majority", "final_score", "best_score", "ft_score", "score", "in_task_score")

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from apet_ray.delta import DeltaSpec, attach, count_backbone, count_deltas
+from apet_ray.delta.architectures import Kind, position_offset
 from apet_ray.delta.ops import PromptTokens
 from apet_ray.errors import UserError
 from apet_ray.models import DEFAULT_MODEL, build_model
@@ -90,7 +91,7 @@ class RunPlan:
     """What ``check_config`` resolved without loading weights: a dry run's line."""
 
     model: str
-    family: str
+    kind: str  # a delta.architectures.Kind (the dry run writes it as "family")
     task: str
     task_type: str
     delta_params: int  # exact, from the plan on the meta device
@@ -102,28 +103,26 @@ class RunPlan:
         return asdict(self)
 
 
-def check_task_fits_family(task: Task, family: str) -> None:
-    if family == "bert" and not task.is_classification:
+def check_task_fits_kind(task: Task, kind: str) -> None:
+    if kind == Kind.BERT and not task.is_classification:
         raise UserError(f"{task.name} is a {task.type} task: BERT-family models do classification only (SA, NLI, PI)")
 
 
 # Seeds feed torch.Generator and numpy, and are mixed with step numbers: 32 bits keep all
 # of them in range.
 MAX_SEED = 2**32 - 1
-# Position tables whose first rows are reserved (padding_idx + 1 = 2): RoBERTa-style encoders.
-_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "mpnet": 2}
 
 
-def check_positions(model, family: str, max_input_len: int, task: Task) -> None:
+def check_positions(model, kind: str, max_input_len: int, task: Task) -> None:
     """Soft prompt + input (+ generated target, decoder-only) must fit the model's position
     table, or the first forward fails deep inside the model."""
     config = getattr(getattr(model, "backbone", model), "config", None)
     limit = getattr(config, "max_position_embeddings", None)
     if not limit:  # T5: relative positions, no table
         return
-    limit -= _POSITION_OFFSET.get(getattr(config, "model_type", ""), 0)
+    limit -= position_offset(getattr(config, "model_type", None))  # rows RoBERTa-style encoders reserve
     prompt = sum(m.length for m in model.modules() if isinstance(m, PromptTokens))
-    target = task.max_gen_len if family == "causal" and not task.is_classification else (1 if family == "causal" else 0)
+    target = task.max_gen_len if kind == Kind.CAUSAL and not task.is_classification else (1 if kind == Kind.CAUSAL else 0)
     need = prompt + max_input_len + target
     if need > limit:
         parts = [f"{max_input_len} input tokens"] + ([f"{prompt} soft-prompt tokens"] if prompt else []) + \
@@ -165,9 +164,9 @@ def check_config(cfg: TrainConfig) -> RunPlan:
         raise UserError(f"seed must be a whole number from 0 to {MAX_SEED:,}, not {cfg.seed!r}")
     task = cfg.resolve_task()
     model, info = build_model(cfg.model, num_labels=task.num_labels if task.is_classification else None, device="meta")
-    check_task_fits_family(task, info.family)
+    check_task_fits_kind(task, info.kind)
     attach(model, cfg.spec)  # plans the budget on the meta device: refuses what cannot fit
-    check_positions(model, info.family, cfg.max_input_len or task.max_input_len, task)
+    check_positions(model, info.kind, cfg.max_input_len or task.max_input_len, task)
     for split in ("train", "eval"):
         load_examples(task, split, limit=1, seed=cfg.seed, **cfg.data_source_kwargs())
     for target in cfg.transfer_tasks:
@@ -176,6 +175,6 @@ def check_config(cfg: TrainConfig) -> RunPlan:
             raise UserError(f"zero-shot transfer {task.name} -> {target} needs classification tasks on both sides")
         load_examples(target_task, "eval", limit=1, seed=cfg.seed, data_dir=cfg.data_dir, source=cfg.data_source)
     base_lr, prompt_lr = cfg.learning_rates()
-    return RunPlan(model=info.name, family=info.family, task=task.name, task_type=task.type.upper(),
+    return RunPlan(model=info.name, kind=info.kind, task=task.name, task_type=task.type.upper(),
                    delta_params=count_deltas(model), total_params=count_backbone(model),
                    max_input_len=cfg.max_input_len or task.max_input_len, lr=prompt_lr if cfg.trains_prompt else base_lr)

@@ -18,13 +18,14 @@ import torch
 
 from apet_ray.data import collate, encode, global_batch, shard
 from apet_ray.delta import attach, count_backbone, count_deltas, count_trainable
+from apet_ray.delta.architectures import Kind
 from apet_ray.distributed import (all_gather_floats, all_reduce_sum, frozen_checksum, local_bytes, local_device,
                                   rank_and_world, resolve_strategy, store_frozen_in_bf16, unwrap, use_bf16,
                                   wrap)
 from apet_ray.errors import UserError
 from apet_ray.models import build_model, load_tokenizer
 from apet_ray.run.checkpoint import Restored, save_checkpoint
-from apet_ray.run.config import TrainConfig, check_task_fits_family
+from apet_ray.run.config import TrainConfig, check_task_fits_kind
 from apet_ray.run.evaluate import evaluate, evaluate_transfer
 from apet_ray.run.memory import peak_memory_mb, reset_peak_memory
 from apet_ray.run.record import RunRecord
@@ -51,16 +52,16 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     # device and receive their shards from it (distributed.wrap)
     on_meta = strategy == "fsdp" and rank != 0
     model, info = build_model(cfg.model, num_labels=num_labels, seed=cfg.seed, device="meta" if on_meta else "cpu")
-    check_task_fits_family(task, info.family)
+    check_task_fits_kind(task, info.kind)
     plan = attach(model, cfg.spec)
     if hasattr(model, "head") and not cfg.train_head:
         model.head.requires_grad_(False)
     tokenizer = load_tokenizer(cfg.model)
-    train_data, eval_data = (_encoded(cfg, task, split, tokenizer, info.family) for split in ("train", "eval"))
+    train_data, eval_data = (_encoded(cfg, task, split, tokenizer, info.kind) for split in ("train", "eval"))
     base_lr, prompt_lr = cfg.learning_rates()
     record = RunRecord(
-        config=cfg.to_dict(), model=info.name, family=info.family, task=task.name, task_type=task.type,
-        metric=task.metric, random_guess=0.0 if info.family != "bert" else task.random_guess,  # SPEC §5: generators
+        config=cfg.to_dict(), model=info.name, kind=info.kind, task=task.name, task_type=task.type,
+        metric=task.metric, random_guess=0.0 if info.kind != Kind.BERT else task.random_guess,  # SPEC §5: generators
         majority=majority_rate(eval_data.examples) if task.is_classification else None,
         lr=base_lr, strategy="", workers=world, trainable_params=count_trainable(model),
         delta_params=count_deltas(model), total_params=count_backbone(model), requested_params=plan.requested)
@@ -103,7 +104,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     sent = 0  # evaluations of record.history already reported by this process
     for step in range(first_step, cfg.max_steps):
         rows = shard(global_batch(len(train_data), cfg.batch_size, step, cfg.seed), rank, world)
-        batch = {k: v.to(device) for k, v in collate(train_data, rows, tokenizer.pad_token_id, info.family).items()}
+        batch = {k: v.to(device) for k, v in collate(train_data, rows, tokenizer.pad_token_id, info.kind).items()}
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout depends on the step alone: exact resumes
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = model(**batch)["loss"]
@@ -120,13 +121,13 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
         window = time.perf_counter() - t_window
         step_losses = [x / world for x in all_reduce_sum(losses, world)]  # global mean loss of each step
         tokens = int(all_reduce_sum([tokens], world)[0])
-        score = evaluate(model, task, eval_data, info.family, tokenizer, cfg.batch_size * 2, device, autocast)
+        score = evaluate(model, task, eval_data, info.kind, tokenizer, cfg.batch_size * 2, device, autocast)
         record.train_time_s += window
         record.tokens += tokens
         record.history.append({"step": done, "score": score, "loss": sum(step_losses) / len(step_losses),
                                "tokens_per_s": tokens / max(window, 1e-9), "elapsed_s": record.train_time_s})
         if done == cfg.max_steps:
-            record.transfer = {target: _transfer(cfg, model, task, target, info.family, tokenizer, device, autocast)
+            record.transfer = {target: _transfer(cfg, model, task, target, info.kind, tokenizer, device, autocast)
                                for target in cfg.transfer_tasks}
         record.peak_memory_mb_per_rank = all_gather_floats(peak_memory_mb(device), world)
         record.peak_memory_mb = max(record.peak_memory_mb_per_rank)
@@ -176,13 +177,13 @@ def _adamw(named: dict[str, torch.Tensor], base_lr: float, prompt_lr: float, wei
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
 
 
-def _encoded(cfg: TrainConfig, task, split: str, tokenizer, family: str):
+def _encoded(cfg: TrainConfig, task, split: str, tokenizer, kind: str):
     limit = cfg.train_limit if split == "train" else cfg.eval_limit
     # the eval subset is the same for every seed: seeds differ in initialisation, masks and
     # data order, and are all scored on the same examples
     seed = cfg.seed if split == "train" else EVAL_SUBSET_SEED
     examples = load_examples(task, split, limit=limit, seed=seed, **cfg.data_source_kwargs())
-    return encode(task, examples, tokenizer, family, cfg.max_input_len)
+    return encode(task, examples, tokenizer, kind, cfg.max_input_len)
 
 
 def majority_rate(examples) -> float:
@@ -199,8 +200,8 @@ def _strategy(cfg: TrainConfig, world: int, device: torch.device, num_labels: in
     return resolve_strategy(cfg.strategy, world, count_backbone(counted) * 4, device)
 
 
-def _transfer(cfg: TrainConfig, model, task, target: str, family: str, tokenizer, device, autocast: bool) -> float:
-    return evaluate_transfer(model, task, target, family, tokenizer, device, seed=EVAL_SUBSET_SEED,
+def _transfer(cfg: TrainConfig, model, task, target: str, kind: str, tokenizer, device, autocast: bool) -> float:
+    return evaluate_transfer(model, task, target, kind, tokenizer, device, seed=EVAL_SUBSET_SEED,
                              batch_size=cfg.batch_size * 2, eval_limit=cfg.eval_limit, max_input_len=cfg.max_input_len,
                              data_dir=cfg.data_dir, data_source=cfg.data_source, autocast=autocast)
 

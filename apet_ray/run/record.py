@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field, fields
 class RunRecord:
     config: dict  # TrainConfig.to_dict(): what ran
     model: str  # display name (all-MiniLM-L6-v2, a hub id, a folder)
-    family: str  # bert | t5
+    kind: str  # a delta.architectures.Kind: bert | t5 | causal (the trials table's "family" column)
     task: str
     task_type: str  # sa, nli, pi, qa, sum
     metric: str
-    random_guess: float  # chance level on this family (an untrained T5 emits no valid label: 0)
+    random_guess: float  # chance level on this kind of model (an untrained T5 emits no valid label: 0)
     majority: float | None  # the eval split's majority-class rate (classification), else None
     lr: float
     strategy: str
@@ -78,6 +78,8 @@ class RunRecord:
     @staticmethod
     def from_dict(data: dict) -> "RunRecord":
         known = {f.name for f in fields(RunRecord)}
+        if "family" in data and "kind" not in data:  # a record saved before the field's rename (a checkpoint to resume)
+            data = {**data, "kind": data["family"]}
         return RunRecord(**{k: v for k, v in data.items() if k in known})
 
 

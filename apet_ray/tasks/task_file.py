@@ -51,14 +51,14 @@ def read_task_file(path: str | Path) -> tuple[str, dict]:
         columns = [columns]
     if not isinstance(columns, list) or not columns or not all(isinstance(c, str) and c for c in columns):
         raise UserError(f"{path}: text_columns must be a list of column names, got {data['text_columns']!r}")
-    kind = str(data.get("type", "")).lower() or None
-    if kind in _TYPES:
-        kind = _TYPES[kind]
+    task_type = str(data.get("type", "")).lower() or None
+    if task_type in _TYPES:
+        task_type = _TYPES[task_type]
     kwargs = dict(
         path=str(_relative_to(path, data["train"], "train")),
         eval_path=str(_relative_to(path, data["eval"], "eval")) if data.get("eval") else None,
         text_columns=tuple(columns), label_column=data.get("label_column"), target_column=data.get("target_column"),
-        task_type=kind, metric=data.get("metric"), label_words=_words(path, data.get("label_words")),
+        task_type=task_type, metric=data.get("metric"), label_words=_words(path, data.get("label_words")),
         max_input_len=_length(path, data, "max_input_len"), max_gen_len=_length(path, data, "max_target_len"),
     )
     name = str(data.get("name") or path.name.split(".")[0])

@@ -120,8 +120,8 @@ def test_fig3_task_average_stands_on_the_tasks_every_point_has() -> None:
                 rows.append({"task": task, "family": "bert", "model": model, "total_params": len(model),
                              "method": label.lower(), "method_rank": 0, "label": label, "metric": "accuracy",
                              "mean": {"sst2": 0.9, "rte": 0.7, "mrpc": 0.1}[task]})
-    [((title, family), mean)] = task_average(pd.DataFrame(rows))
-    assert (title, family) == ("mean of 2 tasks", "bert")  # mrpc lacks the large model
+    [((title, kind), mean)] = task_average(pd.DataFrame(rows))
+    assert (title, kind) == ("mean of 2 tasks", "bert")  # mrpc lacks the large model
     assert len(mean) == 4 and (mean["mean"].round(6) == 0.8).all()
     # one complete task is not an average
     assert task_average(pd.DataFrame([r for r in rows if r["task"] != "rte"])) == []

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 from apet_ray.run.record import RunRecord
 from apet_ray.study.callbacks import TrialRecords
 
-RECORD = RunRecord(config={"max_steps": 6}, model="m", family="bert", task="sst2", task_type="sa", metric="accuracy",
+RECORD = RunRecord(config={"max_steps": 6}, model="m", kind="bert", task="sst2", task_type="sa", metric="accuracy",
                    random_guess=0.5, majority=0.5, lr=1e-3, strategy="none", workers=0, trainable_params=10,
                    delta_params=8, total_params=100, requested_params=None).to_dict()
 

@@ -48,6 +48,6 @@ def test_the_second_real_size_is_one_extra_away(tmp_path, monkeypatch):
         assert "\n" not in str(info.value)
         return
     model, info = build_model("mpnet", num_labels=2, device="meta")  # installed: joined, unpacked, checked
-    assert info.name == "all-mpnet-base-v2" and info.family == "bert" and count_backbone(model) == 108_895_872
+    assert info.name == "all-mpnet-base-v2" and info.kind == "bert" and count_backbone(model) == 108_895_872
     assert (tmp_path / "all-mpnet-base-v2" / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-unpacked leftovers

@@ -11,7 +11,7 @@ from apet_ray.errors import UserError
 from apet_ray.run import TrainConfig, check_config, read_checkpoint, steps_to_converge, train
 from support import saved_model
 
-DATA = str(Path(__file__).parent / "fixtures" / "data")
+DATA = str(Path(__file__).resolve().parents[1] / "fixtures" / "data")
 
 
 def tiny(**kw) -> TrainConfig:
@@ -74,7 +74,7 @@ def test_frozen_weights_are_untouched_and_counts_are_reported(tmp_path):
     assert out.delta_params == 2 * 2 * (2 * 32 * 24 + 24 + 32)
     assert out.trainable_params == out.delta_params + 32 * 2 + 2
     assert len(out.history) == 3 and out.steps_run == 12 and out.finished
-    assert out.family == "bert" and out.peak_memory_mb > 0 and out.tokens_per_s > 0
+    assert out.kind == "bert" and out.peak_memory_mb > 0 and out.tokens_per_s > 0
     assert out.checkpoint_bytes == (rec.folders[-1] / "deltas.safetensors").stat().st_size
     # each report carries only the evaluations since the previous one: put together, they
     # are the returned record's history
@@ -92,7 +92,7 @@ def test_checkpoint_of_k_discrete_values_is_O_k(tmp_path):
 
 def test_t5_text_to_text_runs_and_scores_invalid_generations_as_zero(tmp_path):
     out = train(tiny(model="tiny-t5", spec=DeltaSpec.pet("lora"), max_steps=2, eval_every=2, eval_limit=8), Recorder(tmp_path))
-    assert out.random_guess == 0.0 and 0.0 <= out.final_score <= 1.0 and out.family == "t5"
+    assert out.random_guess == 0.0 and 0.0 <= out.final_score <= 1.0 and out.kind == "t5"
 
 
 @pytest.mark.parametrize("change,message", [
@@ -149,11 +149,11 @@ def test_resume_refuses_other_training_settings_but_may_run_longer(tmp_path):
     assert longer.steps_run == 8 and longer.config["max_steps"] == 8 and longer.finished
 
 
-def _task_file(tmp_path: Path, kind: str):
+def _task_file(tmp_path: Path, task_type: str):
     """A small NLI (two inputs, three classes) or SUM (generation) task of one's own."""
     from apet_ray.tasks import read_task_file
 
-    if kind == "nli":
+    if task_type == "nli":
         rows = [("a cat sits", "an animal sits", "yes"), ("it rains", "it is dry", "no"),
                 ("he runs", "he moves", "maybe")] * 8
         (tmp_path / "nli.csv").write_text("premise,claim,gold\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
@@ -162,8 +162,8 @@ def _task_file(tmp_path: Path, kind: str):
         rows = [("the meeting moved to friday at noon", "meeting friday"), ("lunch is at one today", "lunch at one")] * 12
         (tmp_path / "notes.csv").write_text("note,gist\n" + "".join(f"{a},{b}\n" for a, b in rows))
         spec = "train: notes.csv\ntext_columns: [note]\ntarget_column: gist\ntype: sum\nmax_target_len: 8\n"
-    (tmp_path / f"{kind}.yaml").write_text(spec)
-    return read_task_file(tmp_path / f"{kind}.yaml")
+    (tmp_path / f"{task_type}.yaml").write_text(spec)
+    return read_task_file(tmp_path / f"{task_type}.yaml")
 
 
 @pytest.mark.parametrize("family", ["distilbert", "deberta-v2"])
@@ -171,21 +171,21 @@ def test_an_encoder_family_beyond_bert_trains_end_to_end(tmp_path, family):
     cfg = tiny(model=str(saved_model(family, tmp_path / family)), spec=DeltaSpec.pet("lora"), max_steps=6, eval_every=3,
                eval_limit=8, lr=1e-2)
     out = train(cfg, Recorder(tmp_path / "run"))
-    assert out.family == "bert" and out.steps_run == 6 and out.total_params > 0
+    assert out.kind == "bert" and out.steps_run == 6 and out.total_params > 0
     losses = [h["loss"] for h in out.history]
     assert all(torch.isfinite(torch.tensor(losses))) and 0.0 <= out.final_score <= 1.0
 
 
-@pytest.mark.parametrize("model,kind", [("tiny-llama", "sa"), ("tiny-llama", "nli"), ("tiny-llama", "sum"),
+@pytest.mark.parametrize("model,task_type", [("tiny-llama", "sa"), ("tiny-llama", "nli"), ("tiny-llama", "sum"),
                                         ("gpt2", "sa"), ("gpt2", "sum"), ("bloom", "nli")])
-def test_a_decoder_only_model_trains_end_to_end(tmp_path, model, kind):
-    task, custom = ("sst2", None) if kind == "sa" else _task_file(tmp_path, kind)
+def test_a_decoder_only_model_trains_end_to_end(tmp_path, model, task_type):
+    task, custom = ("sst2", None) if task_type == "sa" else _task_file(tmp_path, task_type)
     if not model.startswith("tiny-"):  # GPT-2 (Conv1D, fused q/k/v), BLOOM (fused, ALiBi) as model folders
         model = str(saved_model(model, tmp_path / model))
     cfg = tiny(model=model, task=task, custom=custom, spec=DeltaSpec.pet("lora"), max_steps=6, eval_every=3,
-               eval_limit=8, lr=1e-2, data_dir=DATA if kind == "sa" else None)
+               eval_limit=8, lr=1e-2, data_dir=DATA if task_type == "sa" else None)
     out = train(cfg, Recorder(tmp_path))
-    assert out.family == "causal" and out.random_guess == 0.0 and out.steps_run == 6
+    assert out.kind == "causal" and out.random_guess == 0.0 and out.steps_run == 6
     losses = [h["loss"] for h in out.history]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]  # it learns the targets
     assert 0.0 <= out.final_score <= 1.0
