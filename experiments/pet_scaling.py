@@ -3,13 +3,14 @@
 Every model x task x seed runs the four PET methods at the paper's settings and FT.
 
     python experiments/pet_scaling.py                 # smoke size: the offline MiniLM, one task
-    python experiments/pet_scaling.py --profile paper --address auto --models google/t5-v1_1-small,google/t5-v1_1-base,google/t5-v1_1-xxl \\
-        --tasks sst2,imdb,rotten_tomatoes,mnli,qnli,rte,mrpc,qqp,nq_open,samsum,multi_news --seeds 0,1,2 \\
-        --workers 8 --strategy fsdp
+    python experiments/pet_scaling.py --profile paper --address auto   # configs/pet_scaling/paper.yaml
 """
 
+from pathlib import Path
+
 from apet_ray.delta import DeltaSpec
-from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config
+from apet_ray.study import (csv, main, model_tasks, parse, run_study, seeds, study_arguments, study_config,
+                            trial_config)
 
 DEFAULTS = dict(
     models="minilm", tasks="rotten_tomatoes", seeds="0", methods="prompt,bitfit,lora,adapter,ft",
@@ -17,18 +18,17 @@ DEFAULTS = dict(
     eval_limit=200, max_input_len=64, workers=None, strategy="auto", results="results/pet_scaling",
 )
 
-# --profile paper: the paper's setting (study.cli.PAPER) with these step counts -- the
-# project's choice: the paper gives none beyond "up to ~14k steps" (Fig. 6)
-PAPER_PROFILE = dict(max_steps=10000, eval_every=500)
+# --profile paper: configs/pet_scaling/paper.yaml, the paper's grid and training setting
+PAPER = Path(__file__).parent / "configs" / "pet_scaling" / "paper.yaml"
 
 
 def run(argv=None):
-    parser = study_arguments(__doc__.splitlines()[0], DEFAULTS, PAPER_PROFILE)
+    parser = study_arguments(__doc__.splitlines()[0], DEFAULTS, PAPER)
     parser.add_argument("--methods", help="PET methods and ft")
     args = parse(parser, argv)
     trials = [
         trial_config(args, model, task, seed, spec=DeltaSpec.pet(method, seed=seed))
-        for model in csv(args.models) for task in csv(args.tasks) for seed in seeds(args.seeds)
+        for model, task in model_tasks(args) for seed in seeds(args.seeds)
         for method in csv(args.methods)
     ]
     run_study(study_config(args, "pet_scaling"), trials)

@@ -4,13 +4,14 @@ For every model and task: the four PET methods and full fine-tuning, plus APET-A
 and APET-Discrete with exactly each PET method's number of trainable parameters.
 
     python experiments/structure_ablation.py                      # embedded default, offline, < 10 min on 2 cores
-    python experiments/structure_ablation.py --profile paper --address auto \\
-        --models google/t5-v1_1-small,google/t5-v1_1-base,google/t5-v1_1-xxl \\
-        --tasks sst2,rte,mrpc --seeds 0,1,2 --workers 8 --strategy fsdp
+    python experiments/structure_ablation.py --profile paper --address auto   # configs/structure_ablation/paper.yaml
 """
 
+from pathlib import Path
+
 from apet_ray.delta import DeltaSpec
-from apet_ray.study import csv, main, parse, run_study, seeds, study_arguments, study_config, trial_config
+from apet_ray.study import (csv, main, model_tasks, parse, run_study, seeds, study_arguments, study_config,
+                            trial_config)
 
 PET = ("prompt", "bitfit", "lora", "adapter")
 # The embedded default (--profile smoke): the real offline model on real data, sized for a
@@ -27,13 +28,12 @@ DEFAULTS = dict(
     eval_limit=500, max_input_len=64, workers=None, strategy="auto", results="results/structure_ablation",
 )
 
-# --profile paper: the paper's setting (study.cli.PAPER) with these step counts -- the
-# project's choice: the paper gives none beyond "up to ~14k steps" (Fig. 6)
-PAPER_PROFILE = dict(max_steps=14000, eval_every=500, apet_match=",".join(PET))
+# --profile paper: configs/structure_ablation/paper.yaml, the paper's grid and training setting
+PAPER = Path(__file__).parent / "configs" / "structure_ablation" / "paper.yaml"
 
 
 def run(argv=None):
-    parser = study_arguments(__doc__.splitlines()[0], DEFAULTS, PAPER_PROFILE)
+    parser = study_arguments(__doc__.splitlines()[0], DEFAULTS, PAPER)
     parser.add_argument("--methods", help="PET methods to compare (default: prompt,bitfit,lora,adapter)")
     parser.add_argument("--apet-match", help="which of --methods APET is matched to, by count (default: "
                         "bitfit,lora,adapter; paper: all four)")
@@ -42,18 +42,17 @@ def run(argv=None):
     for name in csv(args.apet_match):
         DeltaSpec.pet(name)  # an unknown name is refused here, in one line
     trials = []
-    for model in csv(args.models):
-        for task in csv(args.tasks):
-            for seed in seeds(args.seeds):
-                trials.append(trial_config(args, model, task, seed, spec=DeltaSpec.pet("ft", seed=seed)))
-                for method in csv(args.methods):
-                    pet = DeltaSpec.pet(method, seed=seed)
-                    trials.append(trial_config(args, model, task, seed, spec=pet))
-                    if method not in csv(args.apet_match):
-                        continue
-                    for distribution in csv(args.distributions):
-                        apet = DeltaSpec.apet(pet.op, distribution, match=method, seed=seed)
-                        trials.append(trial_config(args, model, task, seed, spec=apet))
+    for model, task in model_tasks(args):
+        for seed in seeds(args.seeds):
+            trials.append(trial_config(args, model, task, seed, spec=DeltaSpec.pet("ft", seed=seed)))
+            for method in csv(args.methods):
+                pet = DeltaSpec.pet(method, seed=seed)
+                trials.append(trial_config(args, model, task, seed, spec=pet))
+                if method not in csv(args.apet_match):
+                    continue
+                for distribution in csv(args.distributions):
+                    apet = DeltaSpec.apet(pet.op, distribution, match=method, seed=seed)
+                    trials.append(trial_config(args, model, task, seed, spec=apet))
     # no ASHA unless asked (--asha): the table compares final scores, PET and matched APET
     # step for step, and a stopped trial has none
     run_study(study_config(args, "structure_ablation"), trials)

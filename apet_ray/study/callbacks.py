@@ -17,18 +17,7 @@ from ray.tune import Callback
 from apet_ray.errors import UserError
 from apet_ray.results import rows_from_record, write_trial
 from apet_ray.run.record import RunRecord
-from apet_ray.study.lr_search import sampled_entry
-
-
-def trial_name(trial) -> str:
-    """What the trial is, e.g. ``lora-s0`` or ``apet-add-discrete=lora-s1`` (set by run_study;
-    an lr search's trials add their lr)."""
-    return sampled_entry(trial.config).get("name", trial.trial_id)
-
-
-def trial_dirname(trial) -> str:
-    """The trial's folder under results/ray/<study>/: its name, unique by Tune's id."""
-    return f"{trial_name(trial)}-{trial.trial_id}"
+from apet_ray.study.trials import sampled_entry, tune_trial_name
 
 
 class TrialRecords:
@@ -73,14 +62,14 @@ class ResultsWriter(Callback):
         tid = sampled_entry(trial.config)["trial_id"]
         record = self.records.get(trial)
         if record is None:
-            print(f"[apet-ray] {trial_name(trial)} ended ({status}) before its first evaluation: no results written",
+            print(f"[apet-ray] {tune_trial_name(trial)} ended ({status}) before its first evaluation: no results written",
                   flush=True)
             return
         rows = rows_from_record(record, self.study, tid, status, self.code_version)
         try:
             write_trial(self.results, tid, rows.trial, rows.curves, rows.transfer)
         except OSError as exc:  # a full or read-only disk: nothing half-written stays (atomic.replacing)
-            raise UserError(f"cannot write the results of {trial_name(trial)} to {self.results}: "
+            raise UserError(f"cannot write the results of {tune_trial_name(trial)} to {self.results}: "
                             f"{exc.strerror or exc}; free space or fix the folder, then --resume (that trial "
                             f"runs again from its last checkpoint)") from None
         self.written += 1
@@ -103,7 +92,7 @@ class Progress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started_at[trial.trial_id] = time.time()
-        print(f"[apet-ray] start {trial_name(trial)}", flush=True)
+        print(f"[apet-ray] start {tune_trial_name(trial)}", flush=True)
 
     def _end(self, trial, status: str) -> None:
         last = trial.last_result or {}
@@ -116,14 +105,14 @@ class Progress(Callback):
         if last.get("already_recorded"):
             status, score = "recorded earlier", f"score {last.get('score', float('nan')):.3f}"
         params = f"{record.delta_params:,}" if record else "?"
-        self.rows.append((trial_name(trial), steps, params, score, status))
+        self.rows.append((tune_trial_name(trial), steps, params, score, status))
         done = len(self.durations)
         eta = ""
         if self.total:
             left = self.total - done
             mean = sum(self.durations) / done
             eta = f"; about {max(left, 0) * mean / max(self.concurrent, 1) / 60:.0f} min left" if left > 0 else ""
-        print(f"[apet-ray] {status} {done}/{self.total or '?'} {trial_name(trial)}: {score}, {params} delta params, "
+        print(f"[apet-ray] {status} {done}/{self.total or '?'} {tune_trial_name(trial)}: {score}, {params} delta params, "
               f"{self.durations[-1]:.0f} s{eta}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -3,9 +3,10 @@
 which shows a user's mistake as one line.
 
 Two profiles: ``smoke`` (the script's embedded defaults: a small study that runs offline on
-a laptop) and ``paper`` (the paper's training setting, SPEC §4: batch 32, full splits, the
-task's input lengths, the paper's learning rates, 3 seeds; step counts per study, the
-project's choice where the paper is silent). Flags and YAML values override either.
+a laptop) and ``paper``: the study's ``experiments/configs/<study>/paper.yaml``, the one
+place that says what the paper ran (its models and tasks as a ``grid`` of blocks, seeds,
+batch, learning rates, steps). Flags and ``--config`` values override either; ``--models``
+or ``--tasks`` replace those of every grid block.
 """
 
 from __future__ import annotations
@@ -17,21 +18,14 @@ from pathlib import Path
 from apet_ray.errors import Interrupted, OneLineParser, UserError
 from apet_ray.run.config import TrainConfig
 from apet_ray.run.options import add_run_arguments, config_from_args
-from apet_ray.study.runner import StudyConfig
+from apet_ray.study.config import StudyConfig
 from apet_ray.tasks.task_file import is_task_file, read_task_file
 
-# The paper's setting (SPEC §4), shared by every study; each script adds its step counts.
-# None means "the paper's" for the learning rates and the input length (the task's), and
-# "all" for the example limits.
-PAPER = dict(seeds="0,1,2", batch_size=32, lr=None, prompt_lr=None, ft_lr=None, train_limit=None, eval_limit=None,
-             max_input_len=None)
-
-
-def study_arguments(description: str, defaults: dict, paper: dict | None = None) -> argparse.ArgumentParser:
+def study_arguments(description: str, defaults: dict, paper: Path | None = None) -> argparse.ArgumentParser:
     """The shared flags. ``defaults`` is the script's embedded (smoke) study, which also sets
-    the defaults of flags the script adds afterwards; ``paper`` what its paper profile
-    changes beyond ``PAPER`` (its step counts)."""
-    profiles = {"smoke": dict(defaults), "paper": {**defaults, **PAPER, **(paper or {})}}
+    the defaults of flags the script adds afterwards; ``paper`` the YAML file of its paper
+    profile (read again, checked and typed, when the profile is chosen)."""
+    profiles = {"smoke": dict(defaults), "paper": {**defaults, **_raw_yaml(paper)} if paper else dict(defaults)}
     # no abbreviations: parse() tells flags given from defaults by their exact spelling
     p = OneLineParser(description=description, allow_abbrev=False)
     p.add_argument("--config", help="YAML file with any of these options (flags override it)")
@@ -63,8 +57,9 @@ def study_arguments(description: str, defaults: dict, paper: dict | None = None)
     how.add_argument("--dry-run", action="store_true",
                      help="check every trial and print it, resolved (one line each), without starting Ray")
     how.add_argument("--json", action="store_true", help="with --dry-run: the trials as one JSON list")
-    p.set_defaults(**defaults)
+    p.set_defaults(grid=None, **defaults)
     p.profiles = profiles  # read by parse()
+    p.profile_files = {"paper": paper} if paper else {}
     return p
 
 
@@ -80,15 +75,55 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
     profiles = getattr(parser, "profiles", {"smoke": {}})
     if profile not in profiles:
         raise UserError(f"unknown profile {profile!r} (known: {', '.join(sorted(profiles))})")
-    for key, value in profiles[profile].items():
+    values = dict(profiles["smoke"])
+    if profile in getattr(parser, "profile_files", {}):
+        path = parser.profile_files[profile]
+        values.update(_typed_options(_yaml_options(str(path), parser), parser, str(path)))
+    else:
+        values.update(profiles[profile])
+    values.update(_typed_options(data, parser, args.config))
+    for key, value in values.items():
         if key not in given:
             setattr(args, key, value)
-    actions = {a.dest: a for a in parser._actions}
-    for key, value in data.items():
-        if key not in given:
-            setattr(args, key, _typed(actions[key], value, args.config))
-    args.profile = profile
+    args.profile, args.given = profile, given
     return args
+
+
+def model_tasks(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (model, task) pairs of the grid: ``--models`` x ``--tasks``, or a profile's
+    ``grid`` blocks (each its own models x tasks, e.g. T5 on all 11 tasks and BERT on the 8
+    classification ones), whose models or tasks a flag replaces."""
+    given = getattr(args, "given", set())
+    blocks = args.grid or [(args.models, args.tasks)]
+    pairs = [(m, t) for models, tasks in blocks
+             for m in csv(args.models if "models" in given or not args.grid else models)
+             for t in csv(args.tasks if "tasks" in given or not args.grid else tasks)]
+    return list(dict.fromkeys(pairs))
+
+
+def _typed_options(data: dict, parser: argparse.ArgumentParser, where: str | None) -> dict:
+    actions = {a.dest: a for a in parser._actions}
+    return {key: _grid(value, where) if key == "grid" else _typed(actions[key], value, where) for key, value in data.items()}
+
+
+def _grid(value, where: str) -> list[tuple[str, str]]:
+    """``grid: [{models: [...], tasks: [...]}, ...]`` as (models, tasks) comma lists."""
+    blocks = value if isinstance(value, list) else [value]
+    if not blocks or not all(isinstance(b, dict) and set(b) == {"models", "tasks"} for b in blocks):
+        raise UserError(f"{where}: grid: expected a list of blocks, each with models and tasks (and nothing else)")
+    return [tuple(",".join(map(str, b[k])) if isinstance(b[k], list) else str(b[k]) for k in ("models", "tasks"))
+            for b in blocks]
+
+
+def _raw_yaml(path: Path) -> dict:
+    """A profile file's values as written (for --help; parse() checks and types them)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _typed(action: argparse.Action, value, where: str):
@@ -115,7 +150,7 @@ def _yaml_options(config: str, parser: argparse.ArgumentParser) -> dict:
         raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected option: value pairs, not a {type(data).__name__}")
-    unknown = sorted(set(data) - {a.dest for a in parser._actions})
+    unknown = sorted(set(data) - {a.dest for a in parser._actions} - {"grid"})
     if unknown:
         raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
     return data

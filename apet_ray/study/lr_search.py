@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+import shutil
+from pathlib import Path
 
+from apet_ray.atomic import owning
 from apet_ray.run.config import TrainConfig
+from apet_ray.study.config import StudyConfig
+from apet_ray.study.experiment import make_tuner, placement, trial_settings, tune_trial
+from apet_ray.study.trials import entry, trial_names
 
 # log-uniform ranges per method family: around the paper's 3e-4 / 3e-2, wide enough for the
 # 1e-2 that sparse masks want, and FT's usual 1e-5..1e-4
@@ -39,40 +44,53 @@ def group_key(cfg: TrainConfig) -> str:
     return json.dumps({**data, "spec": spec}, sort_keys=True, default=str)
 
 
-def with_lr(cfg: TrainConfig, lr: float) -> TrainConfig:
-    """``cfg`` at ``lr``: its deltas' step, and its prompt's when it trains one."""
-    return replace(cfg, lr=lr, prompt_lr=lr)
-
-
-def sampled_entry(config: dict) -> dict:
-    """A Tune trial's entry (``config["trial"]``) with the lr an lr search sampled applied,
-    in its training config, its id and its name; any other trial's entry as it is."""
-    from apet_ray.study.runner import trial_id
-
-    entry = config["trial"]
-    if "lr" not in config:
-        return entry
-    cfg = with_lr(TrainConfig.from_dict(entry["train"]), float(config["lr"]))
-    return {**entry, "trial_id": trial_id(cfg, config["lr_study"]), "name": f"{entry['name']}-lr{cfg.lr:.1e}",
-            "train": cfg.to_dict()}
-
-
-def tune_learning_rates(study, trials: list[TrainConfig], n: int, run_search) -> list[float]:
-    """The chosen lr of each trial's group, in trial order. ``run_search(name, cfg, space)``
-    runs one group's search as a Tune experiment and returns its (lr, final score, finished)
-    triples (``runner._lr_search_experiment``)."""
+def choose_lrs(study: StudyConfig, trials: list[TrainConfig]) -> list[float]:
+    """The chosen lr of each trial's group, in trial order: one Optuna + ASHA Tune experiment
+    per group, whose trials are written with status ``search``."""
     from ray import tune
 
-    chosen: dict[str, float] = {}
+    from apet_ray.run.launch import init_ray
+
+    results = Path(study.results).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    init_ray(study.address)
+    resources, cpus_per_worker, concurrent, use_gpu = placement(study, trials[0].workers, study.tune_lr)
+    static = trial_settings(results, cpus_per_worker, use_gpu)
     groups: dict[str, TrainConfig] = {}
     for cfg in sorted(trials, key=lambda c: c.seed):
         groups.setdefault(group_key(cfg), cfg)
-    for i, (key, cfg) in enumerate(groups.items()):
-        low, high = LR_RANGES[lr_family(cfg)]
-        outcomes = run_search(f"{study.study}-lr{i}", cfg, tune.loguniform(low, high))
-        finished = [o for o in outcomes if o[2]] or outcomes
-        best = max(finished, key=lambda o: (o[1] if math.isfinite(o[1]) else -math.inf, -o[0]))
-        chosen[key] = best[0]
-        print(f"[apet-ray] lr search {i + 1}/{len(groups)} ({cfg.spec.label}, {lr_family(cfg)} range "
-              f"{low:g}..{high:g}): {len(outcomes)} trials, chosen lr {best[0]:.2e} (score {best[1]:.3f})", flush=True)
+    chosen: dict[str, float] = {}
+    with owning(results, study.study):
+        for i, (key, cfg) in enumerate(groups.items()):
+            low, high = LR_RANGES[lr_family(cfg)]
+            outcomes = _search(study, f"{study.study}-lr{i}", cfg, tune.loguniform(low, high), resources, static, concurrent)
+            finished = [o for o in outcomes if o[2]] or outcomes
+            best = max(finished, key=lambda o: (o[1] if math.isfinite(o[1]) else -math.inf, -o[0]))
+            chosen[key] = best[0]
+            print(f"[apet-ray] lr search {i + 1}/{len(groups)} ({cfg.spec.label}, {lr_family(cfg)} range "
+                  f"{low:g}..{high:g}): {len(outcomes)} trials, chosen lr {best[0]:.2e} (score {best[1]:.3f})", flush=True)
     return [chosen[group_key(cfg)] for cfg in trials]
+
+
+def _search(study: StudyConfig, name: str, cfg: TrainConfig, space, resources: dict, static: dict,
+            concurrent: int) -> list[tuple[float, float, bool]]:
+    """One group's lr search: Optuna proposes, ASHA stops; (lr, final score, ran to the end) per trial."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from apet_ray.run.launch import code_version
+    from apet_ray.study.callbacks import Progress, ResultsWriter
+
+    results = Path(static["results"])
+    shutil.rmtree(results / "ray" / name, ignore_errors=True)  # recorded trials are skipped by tune_trial
+    asha = ASHAScheduler(time_attr="step", max_t=cfg.max_steps, grace_period=cfg.eval_every * study.grace_evals,
+                         reduction_factor=2)
+    writer = ResultsWriter(results, name, code_version(), status="search")
+    tuner = make_tuner(tune.with_resources(tune_trial, resources),
+                       {**static, "trial": entry(cfg, name, trial_names([cfg])[0]), "lr_study": name, "lr": space},
+                       name, results, [writer, Progress(study.tune_lr, concurrent, writer.records)],
+                       search_alg=OptunaSearch(seed=cfg.seed), scheduler=asha, num_samples=study.tune_lr,
+                       max_concurrent_trials=concurrent, reuse_actors=cfg.workers == 0)
+    return [(float(r.config["lr"]), float(r.metrics.get("score", float("nan"))), int(r.metrics.get("step", 0)) >= cfg.max_steps)
+            for r in tuner.fit() if r.metrics]

@@ -25,10 +25,10 @@ def script(name):
 
 
 def documented_cluster_command(module) -> list[str]:
-    """The paper-scale command in the script's docstring, as argv."""
+    """The paper-scale command in the script's docstring, as argv (its grid: configs/<study>/paper.yaml)."""
     text = module.__doc__.replace("\\\n", " ")
     line = next(line for line in text.splitlines() if "--address" in line)
-    return line.split(".py", 1)[1].split()
+    return line.split(".py", 1)[1].split("#")[0].split()
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +58,15 @@ def dry_run(name: str, argv: list[str], capsys) -> list[dict]:
 def test_the_documented_cluster_command_runs_the_paper_setting(name, data_dir, capsys, tmp_path):
     argv = documented_cluster_command(script(name))
     assert "--profile" in argv and argv[argv.index("--profile") + 1] == "paper"
-    argv[argv.index("--models") + 1] = "tiny-t5"  # the hub is not reachable here; same family
-    if "--max-count" in argv:
-        argv[argv.index("--max-count") + 1] = "10000"  # what the tiny model holds
+    argv += ["--models", "tiny-t5"]  # the hub is not reachable here; same family
+    if name == "param_ablation":
+        argv += ["--max-count", "10000"]  # what the tiny model holds
     rows = dry_run(name, argv + ["--data-dir", str(data_dir), "--results", str(tmp_path)], capsys)
     assert rows and not ray.is_initialized()
+    searches = [row for row in rows if "search" in row]  # E4: one row per threshold search after its FT trials
+    rows = [row for row in rows if "search" not in row]
+    assert bool(searches) == (name == "param_ablation")
+    assert all(len(s["grid"]) >= 8 * 2 for s in searches)  # 8 counts per decade (Fig. 7)
     for row in rows:
         task = TASKS[row["task"]]
         assert row["batch_size"] == 32 and row["train_limit"] is None and row["eval_limit"] is None, row
@@ -89,3 +93,49 @@ def test_the_smoke_profile_is_the_embedded_default_and_flags_override_it(capsys,
     script("structure_ablation").run(base + ["--dry-run"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 12 and re.search(r"11 trials \(dry run", lines[-1])
+
+
+T5 = {"google/t5-v1_1-small", "google/t5-v1_1-base", "google/t5-v1_1-xxl"}
+BERT = {"google/bert_uncased_L-4_H-512_A-8", "bert-base-uncased", "bert-large-uncased"}
+ALL_TASKS = set(TASKS)  # the paper's 11
+CLASSIFICATION = {name for name, task in TASKS.items() if task.is_classification}  # BERT's 8
+PAPER_GRIDS = {  # (models, tasks) blocks of the paper's figures and Table 2
+    "pet_scaling": [(T5, ALL_TASKS), (BERT, CLASSIFICATION)],  # Fig. 3: two series, all tasks
+    "structure_ablation": [(T5, ALL_TASKS), (BERT, CLASSIFICATION)],  # Fig. 5 / Table 2
+    "convergence": [({"google/t5-v1_1-small", "google/t5-v1_1-xxl"}, {"sst2", "rte", "mrpc"})],  # Fig. 6
+    "param_ablation": [({"google/t5-v1_1-small", "google/t5-v1_1-xxl"}, {"sst2", "mrpc"}),
+                       ({"google/bert_uncased_L-4_H-512_A-8", "bert-large-uncased"}, {"sst2", "mrpc"})],  # Fig. 7
+    "transfer": [({"google/t5-v1_1-small", "google/t5-v1_1-xxl"}, CLASSIFICATION),
+                 ({"google/bert_uncased_L-4_H-512_A-8", "bert-large-uncased"}, CLASSIFICATION)],  # Fig. 9
+}
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_each_paper_profile_file_holds_the_papers_grid_and_training_setting(name):
+    import argparse
+
+    import yaml
+
+    from apet_ray.study.cli import _grid, model_tasks
+
+    path = ROOT / "experiments" / "configs" / name / "paper.yaml"
+    assert script(name).PAPER == path
+    data = yaml.safe_load(path.read_text())
+    args = argparse.Namespace(grid=_grid(data["grid"], str(path)), models=None, tasks=None, given=set())
+    expected = {(m, t) for models, tasks in PAPER_GRIDS[name] for m in models for t in tasks}
+    assert set(model_tasks(args)) == expected
+    assert (data["seeds"], data["batch_size"], data["lr"], data["train_limit"]) == ([0, 1, 2], 32, None, None)
+    if name == "param_ablation":  # Fig. 7 resolves its thresholds: >= 8 counts per decade
+        assert data["per_decade"] >= 8
+
+
+def test_a_models_flag_replaces_the_models_of_every_paper_grid_block():
+    import argparse
+
+    from apet_ray.study.cli import model_tasks
+
+    args = argparse.Namespace(grid=[("t5-a,t5-b", "sst2,samsum"), ("bert-a", "sst2,rte")], models="mine", tasks="x",
+                              given={"models"})
+    assert model_tasks(args) == [("mine", "sst2"), ("mine", "samsum"), ("mine", "rte")]
+    args.given = set()
+    assert model_tasks(args)[:2] == [("t5-a", "sst2"), ("t5-a", "samsum")] and len(model_tasks(args)) == 6

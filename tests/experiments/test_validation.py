@@ -233,7 +233,7 @@ def test_yaml_values_are_typed_like_flags(tmp_path):
 
     from apet_ray.study import study_arguments
 
-    args = parse(study_arguments("t", parser.DEFAULTS, parser.PAPER_PROFILE), argv)
+    args = parse(study_arguments("t", parser.DEFAULTS, parser.PAPER), argv)
     assert (args.lr, args.ft_lr, args.max_steps, args.seeds) == (1e-3, 3e-5, 2, "0,1")  # the flag --max-steps 2 wins
     cfg.write_text("lr: fast\n")
     with pytest.raises(UserError, match="lr: 'fast' is not a float"):

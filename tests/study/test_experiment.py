@@ -1,4 +1,4 @@
-"""A resumed or retried trial continues from its newest *whole* checkpoint (study.runner.latest_checkpoint)."""
+"""A resumed or retried trial continues from its newest *whole* checkpoint (study.experiment.latest_checkpoint)."""
 
 import json
 
@@ -6,12 +6,12 @@ import torch
 from safetensors.torch import save_file
 
 from apet_ray.run import RunRecord, TrainConfig
-from apet_ray.study.runner import latest_checkpoint
+from apet_ray.study.experiment import latest_checkpoint
 
 
 def _checkpoint(folder, cfg: TrainConfig, steps: int, torn: bool = False):
     folder.mkdir(parents=True)
-    record = RunRecord(config=cfg.to_dict(), model="m", family="bert", task="sst2", task_type="sa", metric="accuracy",
+    record = RunRecord(config=cfg.to_dict(), model="m", kind="bert", task="sst2", task_type="sa", metric="accuracy",
                        random_guess=0.5, majority=None, lr=1e-3, strategy="none", workers=1, trainable_params=1,
                        delta_params=1, total_params=1, requested_params=None,
                        history=[{"step": steps, "score": 0.5, "loss": 1.0, "tokens_per_s": 1.0, "elapsed_s": 1.0}])
