@@ -13,12 +13,11 @@ import zlib
 import torch
 from torch import nn
 
-from apet_ray.delta.layers import AddedParam, DeltaLinear
 from apet_ray.delta.masked import MaskedTensor
 from apet_ray.delta import masks
 from apet_ray.delta.masks import MASKS
-from apet_ray.delta.ops import LowRank, Plugin, PromptTokens
-from apet_ray.delta.plan import Placement, Plan, Slot, backbone_of, make_plan
+from apet_ray.delta.plan import Placement, Plan, backbone_of, make_plan
+from apet_ray.delta.registry import PLACEMENT_KINDS, Slot
 from apet_ray.delta.spec import DeltaSpec
 from apet_ray.errors import UserError
 
@@ -79,61 +78,31 @@ def _initial(model: nn.Module, slot: Slot, gen: torch.Generator, dtype: torch.dt
 
 
 def _install(model: nn.Module, placement: Placement, spec: DeltaSpec) -> None:
-    if placement.kind == "inplace":  # full masks on the model's own weights: train them in place
-        model.get_submodule(placement.path).requires_grad_(True)
-        return
-    if placement.kind == "prompt":
-        if not hasattr(model, "prompt"):
-            raise UserError("prompt tuning needs an apet_ray model (apet_ray.models.load_model), not a bare transformers model")
-        like = backbone_of(model)[0].get_input_embeddings().weight
-        model.prompt = PromptTokens(_masked(model, spec, placement, placement.slots[0], like))
-        return
-    host = model.get_submodule(placement.path)
-    if placement.kind == "param":
-        wrapper = host if isinstance(host, AddedParam) else AddedParam(host)
-        delta = _masked(model, spec, placement, placement.slots[0], getattr(wrapper.base, placement.param))
-        if delta is not None:
-            wrapper.deltas[placement.param] = delta
-        _replace(model, placement.path, wrapper)
-        return
-    layer = host if isinstance(host, DeltaLinear) else DeltaLinear(host)
-    like = layer.base.weight
     aligned = _aligned_indices(spec, placement) if placement.block else {}
-    made = {s.name: _masked(model, spec, placement, s, like, aligned.get(s.name)) for s in placement.slots}
-    if placement.kind == "weight":
-        layer.weight_delta = made["weight_delta"]
-    elif placement.kind == "bias":
-        layer.bias_delta = made["bias_delta"]
-    elif placement.kind == "lowrank":
-        layer.lowrank = LowRank(made["A"], made["B"], scale=spec.alpha / placement.size)
-    elif placement.kind == "plugin":
-        layer.plugin = Plugin(made["down"], made["down_bias"], made["up"], made["up_bias"], placement.size, spec.activation)
-    _replace(model, placement.path, layer)
+
+    def masked(like: torch.Tensor) -> dict[str, MaskedTensor | None]:
+        return {s.name: _masked(model, spec, placement, s, like, aligned.get(s.name)) for s in placement.slots}
+
+    PLACEMENT_KINDS[placement.kind].install(model, placement, spec, masked)
 
 
 def _aligned_indices(spec: DeltaSpec, placement: Placement) -> dict[str, torch.Tensor]:
     """An Adjacent pair's masks: one block of m rank (bottleneck) indices from a random j0,
     rows of the row side and the same columns of the column side (``plan._align_pairs``)."""
-    m, size = placement.block, placement.size
+    m, size, pair = placement.block, placement.size, placement.pair
     j0 = int(torch.randint(size - m + 1, (1,), generator=_generator(spec, placement.path, "block")))
     slots = {s.name: s for s in placement.slots}
-    if placement.kind == "lowrank":
-        a, b = slots["A"], slots["B"]
-        return {"A": masks.row_run(a.shape, a.k, j0), "B": masks.column_run(b.shape, b.k, j0)}
-    down, bias, up = slots["down"], slots["down_bias"], slots["up"]
-    d = down.shape[1]
-    # the down projection and its bias as one (size, d + 1) matrix: row j0 onwards, row-major
-    flat = masks.row_run((size, d + 1), down.k + bias.k, j0)
+    row, col = slots[pair.row], slots[pair.col]
+    out = {pair.col: masks.column_run(col.shape, col.k, j0)}
+    if pair.row_bias is None:
+        out[pair.row] = masks.row_run(row.shape, row.k, j0)
+        return out
+    bias, d = slots[pair.row_bias], row.shape[1]
+    # the row side and its bias as one (size, d + 1) matrix: row j0 onwards, row-major
+    flat = masks.row_run((size, d + 1), row.k + bias.k, j0)
     rows, cols = flat // (d + 1), flat % (d + 1)
-    out = {"down": rows[cols < d] * d + cols[cols < d], "down_bias": rows[cols == d], "up": masks.column_run(up.shape, up.k, j0)}
+    out[pair.row], out[pair.row_bias] = rows[cols < d] * d + cols[cols < d], rows[cols == d]
     return out
-
-
-def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    if getattr(parent, name) is not new:
-        setattr(parent, name, new)
 
 
 # ---- the public surface: count, mark, state --------------------------------------------

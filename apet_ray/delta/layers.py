@@ -1,12 +1,15 @@
 """Frozen layers that host deltas.
 
 ``DeltaLinear`` wraps a frozen ``nn.Linear`` and applies, in this order, an Add on its
-weight, an Add on its bias, a LowRank beside it and a Plugin after it -- any subset.
-``AddedParam`` adds a masked delta to any parameter of any other module (LayerNorm biases
-for BitFit, embedding rows) through ``torch.func.functional_call``.
+weight, an Add on its bias, then its extras (a LowRank beside it, a Plugin after it, a
+registered op's layer) -- any subset. ``AddedParam`` adds a masked delta to any parameter
+of any other module (LayerNorm biases for BitFit, embedding rows) through
+``torch.func.functional_call``.
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +18,19 @@ from torch.func import functional_call
 
 from apet_ray.delta.functional import masked_add_linear
 from apet_ray.delta.masked import MaskedTensor
-from apet_ray.delta.ops import LowRank, Plugin
+
+
+W = TypeVar("W", bound=nn.Module)
+
+
+def wrap(model: nn.Module, path: str, wrapper: type[W]) -> W:
+    """The ``wrapper`` at ``path`` of ``model``: the module there, wrapped on first use."""
+    module = model.get_submodule(path)
+    if not isinstance(module, wrapper):
+        module = wrapper(module)
+        parent_path, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent_path), name, module)
+    return module
 
 
 class DeltaLinear(nn.Module):
@@ -24,8 +39,12 @@ class DeltaLinear(nn.Module):
         self.base = base
         self.weight_delta: MaskedTensor | None = None
         self.bias_delta: MaskedTensor | None = None
-        self.lowrank: LowRank | None = None
-        self.plugin: Plugin | None = None
+        self.extras: list[str] = []  # child modules ``(x, y) -> y``, applied in this order
+
+    def add_extra(self, name: str, module: nn.Module) -> None:
+        # an attribute, not a ModuleDict: checkpoint keys stay <layer>.<name>.<tensor>
+        setattr(self, name, module)
+        self.extras.append(name)
 
     # Transformers code sometimes reads these off the layer it expects to be a Linear.
     @property
@@ -51,12 +70,8 @@ class DeltaLinear(nn.Module):
             y = F.linear(x, weight, bias)
         if self.bias_delta is not None:
             y = y + self.bias_delta().to(y.dtype)
-        if self.lowrank is not None:
-            extra = self.lowrank(x)
-            if extra is not None:
-                y = y + extra
-        if self.plugin is not None:
-            y = self.plugin(y)
+        for name in self.extras:
+            y = getattr(self, name)(x, y)
         return y
 
 

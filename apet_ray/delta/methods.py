@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from apet_ray.delta.registry import OPS
 from apet_ray.errors import UserError
 
-OPS = ("add", "concat", "plugin")
 APET = "apet"
 
 
@@ -28,7 +28,7 @@ class Method:
 
     name: str  # as in the results tables and on the command line
     label: str  # as in the report's tables and legends
-    op: str
+    op: str  # a registered op (``registry.OPS``)
     positions: tuple[str, ...]
     size: int | None = None  # prompt length, rank or bottleneck; None for add
     alpha: float = 16.0  # low-rank scale numerator (concat)

@@ -8,7 +8,8 @@
 
 With all-ones masks these are BitFit, Prompt tuning, LoRA and the Houlsby adapter.
 Each module owns only its masked tensors; ``DeltaLinear`` (layers.py) composes them on a
-frozen linear layer.
+frozen linear layer, calling each as ``(x, y) -> y`` with the layer's input and output.
+Where each goes, and how, is in registry.py.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ class LowRank(nn.Module):
         super().__init__()
         self.A, self.B, self.scale = A, B, scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | None:
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.A is None or self.B is None:  # an empty factor makes the product zero
-            return None
-        return F.linear(F.linear(x, self.A()), self.B()) * self.scale
+            return y
+        return y + F.linear(F.linear(x, self.A()), self.B()) * self.scale
 
 
 class Plugin(nn.Module):
@@ -55,7 +56,7 @@ class Plugin(nn.Module):
         self.bottleneck = bottleneck
         self.activation = activation
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         d = y.shape[-1]
         down = self.down() if self.down is not None else y.new_zeros(self.bottleneck, d)
         h = F.linear(y, down, self.down_bias() if self.down_bias is not None else None)

@@ -1,7 +1,9 @@
 """Planning: turn a spec into placements with exact per-tensor counts, from shapes alone.
 
 A plan never touches weight values, so it runs on a meta-device model built from a
-config (seconds, even for 11B parameters). ``attach`` then materialises it.
+config (seconds, even for 11B parameters). ``attach`` then materialises it. What is
+particular to a placement kind -- its slots, its largest size, its pair -- comes from
+``registry``; the rules here hold for every kind.
 
 Budget rules
 - The budget (or the matched method's count) is split over every tensor of every
@@ -28,30 +30,15 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from apet_ray.delta.architectures import Family, family_of, has_module, modules_for_role
+from apet_ray.delta.architectures import Family, family_of, modules_for_role
+from apet_ray.delta.registry import OPS, PLACEMENT_KINDS, REFUSED, Host, Pair, Slot
 from apet_ray.delta.spec import DeltaSpec, check_budget
 from apet_ray.errors import UserError
-
-MAX_PROMPT_TOKENS = 1024  # where the model has no position limit (T5's relative positions)
-
-
-@dataclass
-class Slot:
-    """One masked tensor to create: its dense shape, how to initialise W, and k."""
-
-    name: str
-    shape: tuple[int, ...]
-    init: str  # zeros | kaiming | vocab | inplace
-    k: int = 0
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
 
 
 @dataclass
 class Placement:
-    """Where one op goes. ``kind``: weight | bias | param | lowrank | plugin | prompt | inplace."""
+    """Where one op goes: a placement kind (``registry.PLACEMENT_KINDS``) on one module."""
 
     kind: str
     path: str  # module path from the root model ("" for the root)
@@ -59,6 +46,10 @@ class Placement:
     size: int | None = None  # rank / bottleneck / prompt length
     param: str | None = None  # for kind == "param": which parameter of the module
     block: int | None = None  # aligned Adjacent pair: rank/bottleneck indices both sides train
+
+    @property
+    def pair(self) -> Pair | None:
+        return PLACEMENT_KINDS[self.kind].pair
 
 
 @dataclass
@@ -100,17 +91,17 @@ def make_plan(model: nn.Module, spec: DeltaSpec) -> Plan:
     hosts = _hosts(backbone, fam, spec)
 
     size = None
-    if spec.op in ("concat", "plugin"):
+    sized = [h for h in hosts if PLACEMENT_KINDS[h.kind].max_size is not None]
+    if sized:
         size = spec.size if spec.distribution == "full" or spec.size is not None else _pick_size(backbone, hosts, spec, requested)
         # the weights would be allocated densely before the mask is drawn: a size no layer
         # can use is a mistake, refused here rather than as an out-of-memory
-        most = _max_size(backbone, hosts) if spec.size is not None and hosts else None
+        most = _max_size(backbone, hosts) if spec.size is not None else None
         if most is not None and spec.size > most:
             raise UserError(f"size {spec.size:,} is larger than {spec.op} at {', '.join(spec.positions)} can use on "
-                            f"this model (at most {most:,}: {_SIZE_LIMIT[hosts[0][0]]})")
-    for kind, path, param in hosts:
-        module = backbone.get_submodule(path) if path else backbone
-        plan.placements.append(_placement(kind, prefix + path if path else prefix.rstrip("."), module, param, size, backbone))
+                            f"this model (at most {most:,}: {PLACEMENT_KINDS[sized[0].kind].size_limit})")
+    for host in hosts:
+        plan.placements.append(_placement(backbone, host, prefix + host.path if host.path else prefix.rstrip("."), size))
 
     if spec.distribution == "full":
         for p in plan.placements:
@@ -125,97 +116,43 @@ def make_plan(model: nn.Module, spec: DeltaSpec) -> Plan:
 
 # ---- hosts: which modules an op touches -------------------------------------------
 
-def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[tuple[str, str, str | None]]:
-    """(kind, module path in the backbone, parameter name) for every position of the spec."""
-    hosts: list[tuple[str, str, str | None]] = []
+def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[Host]:
+    """Every host of every position of the spec: the op's own for a special position,
+    its linear kind on each layer of a linear role."""
+    op = OPS[spec.op]
+    hosts: list[Host] = []
     for role in spec.positions:
-        if role == "all":
-            if spec.op != "add" or spec.distribution != "full":
-                raise UserError("position 'all' is full fine-tuning only; use 'linear' for a masked Add over the weights")
-            hosts.append(("inplace", "", None))
-        elif role == "embeddings":
-            if spec.op == "concat":
-                hosts.append(("prompt", "", None))
-            elif spec.op == "add":
-                head = backbone.get_output_embeddings() if fam.kind != "bert" else None
-                if fam.kind == "t5" or (head is not None and head.weight is backbone.get_input_embeddings().weight):
-                    # one table serves the inputs and the (tied) LM head
-                    raise UserError(f"add at 'embeddings' is not supported on {fam.name}: its token table is shared "
-                                    "with the output layer (use concat for a prompt)")
-                hosts.append(("param", fam.input_embeddings, "weight"))
-            else:
-                raise UserError("a plugin cannot sit on the input embeddings (use concat for a prompt)")
-        elif role in ("biases", "paper_biases"):
-            if spec.op != "add":
-                raise UserError(f"position {role!r} takes the add op")
-            hosts += _bias_hosts(backbone, fam, paper=role == "paper_biases")
+        if role in op.at:
+            hosts += op.at[role](backbone, fam, role, spec)
+        elif role in REFUSED:
+            raise UserError(REFUSED[role].format(op=spec.op, role=role))
+        elif op.linear is None:
+            raise UserError(f"op {spec.op} takes no linear positions, not {role!r}")
         else:
-            paths = modules_for_role(backbone, fam, role)
-            is_linear = role != "norm"
-            if spec.op == "add":
-                hosts += [("weight" if is_linear else "param", p, None if is_linear else "weight") for p in paths]
-            elif not is_linear:
-                raise UserError(f"op {spec.op} needs linear positions, not {role!r}")
-            else:
-                hosts += [("lowrank" if spec.op == "concat" else "plugin", p, None) for p in paths]
+            hosts += [Host(op.linear, p) for p in modules_for_role(backbone, fam, role)]
     if not hosts:
         raise UserError(f"positions {', '.join(spec.positions)} match nothing in this model")
     # a module named twice (fused attention: "query" and "value" are one layer) hosts one delta
     hosts = list(dict.fromkeys(hosts))
-    if len({kind for kind, _, _ in hosts} & {"prompt", "lowrank"}) == 2:
-        raise UserError("a prompt and low-rank pairs have different sizes: give them separate specs")
+    kinds = {h.kind for h in hosts}
+    sized = [k for k in PLACEMENT_KINDS.values() if k.max_size is not None and k.name in kinds]
+    if len(sized) > 1:
+        raise UserError(f"a {sized[0].label} and {sized[1].label}s have different sizes: give them separate specs")
     return hosts
 
 
-def _bias_hosts(backbone: nn.Module, fam: Family, paper: bool) -> list[tuple[str, str, str | None]]:
-    """Bias deltas: on every linear layer ("biases"), or where the paper's BitFit puts them."""
-    roles = fam.bitfit_roles if paper else fam.linear_roles
-    linears = [p for r in roles for p in modules_for_role(backbone, fam, r)]
-    if paper:
-        linears += [p for p in fam.bitfit_linears if has_module(backbone, p)]
-    hosts: list[tuple[str, str, str | None]] = [("bias", p, None) for p in linears]
-    for path in modules_for_role(backbone, fam, "norm") + list(fam.norms_outside_blocks):
-        if getattr(backbone.get_submodule(path), "bias", None) is not None:  # T5's RMS norms have none
-            hosts.append(("param", path, "bias"))
-    if paper:
-        hosts += [("param", p, "weight") for p in fam.bitfit_tables if has_module(backbone, p)]
-    return hosts
-
-
-def _placement(kind: str, path: str, module: nn.Module, param: str | None, size: int | None, backbone: nn.Module) -> Placement:
-    if kind == "inplace":
-        # named_parameters() yields a tied parameter once: it trains (and counts) once
-        slots = [Slot(name, tuple(p.shape), "inplace") for name, p in module.named_parameters()]
-        return Placement(kind, path, slots)
-    if kind == "prompt":
-        d = backbone.get_input_embeddings().weight.shape[1]
-        return Placement(kind, path, [Slot("tokens", (size, d), "vocab")], size=size)
-    if kind == "param":
-        return Placement(kind, path, [Slot(param, tuple(getattr(module, param).shape), "zeros")], param=param)
-    out_f, in_f = module.weight.shape
-    if kind == "weight":
-        return Placement(kind, path, [Slot("weight_delta", (out_f, in_f), "zeros")])
-    if kind == "bias":
-        return Placement(kind, path, [Slot("bias_delta", (out_f,), "zeros")])
-    if kind == "lowrank":
-        return Placement(kind, path, [Slot("A", (size, in_f), "kaiming"), Slot("B", (out_f, size), "zeros")], size=size)
-    if kind == "plugin":
-        d = out_f
-        slots = [Slot("down", (size, d), "kaiming"), Slot("down_bias", (size,), "zeros"),
-                 Slot("up", (d, size), "zeros"), Slot("up_bias", (d,), "zeros")]
-        return Placement(kind, path, slots, size=size)
-    raise AssertionError(kind)
+def _placement(backbone: nn.Module, host: Host, path: str, size: int | None) -> Placement:
+    kind = PLACEMENT_KINDS[host.kind]
+    slots = kind.slots(backbone.get_submodule(host.path), size, host.param)
+    return Placement(host.kind, path, slots, size=size if kind.max_size is not None else None, param=host.param)
 
 
 # ---- sizes and budgets ---------------------------------------------------------------
 
-def _pick_size(backbone: nn.Module, hosts: list[tuple[str, str, str | None]], spec: DeltaSpec, k: int) -> int:
+def _pick_size(backbone: nn.Module, hosts: list[Host], spec: DeltaSpec, k: int) -> int:
     """Smallest size whose new weights hold ceil(k / density) entries."""
     def capacity(size: int) -> int:
-        return sum(
-            s.numel for kind, path, param in hosts
-            for s in _placement(kind, path, backbone.get_submodule(path) if path else backbone, param, size, backbone).slots
-        )
+        return sum(s.numel for h in hosts for s in _placement(backbone, h, h.path, size).slots)
 
     limit = _max_size(backbone, hosts)
     target = math.ceil(k / spec.density)
@@ -234,19 +171,10 @@ def _pick_size(backbone: nn.Module, hosts: list[tuple[str, str, str | None]], sp
     return lo
 
 
-_SIZE_LIMIT = {"prompt": "half the model's positions", "lowrank": "a rank of min(in, out) of the layer",
-               "plugin": "a bottleneck as wide as the layer"}
-
-
-def _max_size(backbone: nn.Module, hosts: list[tuple[str, str, str | None]]) -> int:
-    kind = hosts[0][0]
-    if kind == "prompt":
-        limit = getattr(backbone.config, "max_position_embeddings", None)
-        return limit // 2 if limit else MAX_PROMPT_TOKENS  # leave half the positions to the input
-    shapes = [backbone.get_submodule(path).weight.shape for _, path, _ in hosts]
-    if kind == "lowrank":
-        return min(min(s) for s in shapes)  # a rank above min(in, out) adds nothing
-    return min(s[0] for s in shapes)  # plugin: bottleneck no wider than the layer
+def _max_size(backbone: nn.Module, hosts: list[Host]) -> int:
+    """The largest size every sized host can use."""
+    return min(PLACEMENT_KINDS[h.kind].max_size(backbone, backbone.get_submodule(h.path))
+               for h in hosts if PLACEMENT_KINDS[h.kind].max_size is not None)
 
 
 def _allocate(plan: Plan, k: int) -> None:
@@ -268,15 +196,12 @@ def _allocate(plan: Plan, k: int) -> None:
     _no_dead_values(plan)
 
 
-# The two factors of a pair: values on one side train only if the other side has some.
-# B·A stays 0 while either factor is empty (B starts at zero; an empty A is zero), and
-# so does the gradient of every entry of the other; a plugin's down projection needs
-# its up projection and vice versa (an up bias trains on its own).
-PAIRED = {"lowrank": ("A", "B"), "plugin": ("down", "up")}
-
-
 def _sides(p: Placement) -> list[Slot]:
-    return [s for s in p.slots if s.name in PAIRED[p.kind]]
+    return [s for s in p.slots if s.name in p.pair.sides]
+
+
+def _free(p: Placement) -> Slot | None:
+    return next((s for s in p.slots if s.name == p.pair.free), None)
 
 
 def _no_dead_values(plan: Plan) -> None:
@@ -285,24 +210,24 @@ def _no_dead_values(plan: Plan) -> None:
     Only small budgets need it (rank 1, a handful of entries per layer). The count stays
     exact: an entry moves within its placement, or to another placement that trains.
     """
-    pairs = [p for p in plan.placements if p.kind in PAIRED]
+    pairs = [p for p in plan.placements if p.pair is not None]
     orphans = 0
     for p in pairs:
         sides = _sides(p)
-        up_bias = next((s for s in p.slots if s.name == "up_bias"), None)  # trains without the pair
-        paired = sum(s.k for s in p.slots) - (up_bias.k if up_bias else 0)
+        free = _free(p)  # a plugin's up bias: trains without the pair
+        paired = sum(s.k for s in p.slots) - (free.k if free else 0)
         if paired == 0 or all(s.k for s in sides):
             continue
-        if paired == 1:  # one entry cannot feed both sides: a plugin's up bias takes it, else it leaves
-            next(s for s in p.slots if s.k and s is not up_bias).k = 0
-            if up_bias is not None and up_bias.k < up_bias.numel:
-                up_bias.k += 1
+        if paired == 1:  # one entry cannot feed both sides: a free slot takes it, else it leaves
+            next(s for s in p.slots if s.k and s is not free).k = 0
+            if free is not None and free.k < free.numel:
+                free.k += 1
             else:
                 orphans += 1
             continue
         for side in sides:  # an empty side takes one entry from a slot that can spare it
             if side.k == 0:
-                spare = [s for s in p.slots if s is not up_bias and s.k >= (2 if s.name in PAIRED[p.kind] else 1)]
+                spare = [s for s in p.slots if s is not free and s.k >= (2 if s.name in p.pair.sides else 1)]
                 max(spare, key=lambda s: s.k).k -= 1
                 side.k += 1
     if not orphans:
@@ -316,7 +241,7 @@ def _no_dead_values(plan: Plan) -> None:
     room = [s for p in takers for s in p.slots if s.k < s.numel]
     if sum(s.numel - s.k for s in room) < orphans:
         raise UserError(f"budget {plan.count + orphans:,} is too small for {plan.spec.op}: a trained "
-                        f"{'low-rank pair' if plan.spec.op == 'concat' else 'plugin'} needs entries on both sides")
+                        f"{PLACEMENT_KINDS[pairs[0].kind].label} needs entries on both sides")
     for s in room:
         moved = min(orphans, s.numel - s.k)
         s.k += moved
@@ -331,11 +256,8 @@ def pair_units(p: Placement) -> tuple[int, int]:
     Low-rank: A's row (in) and B's column (out). Plugin: the down projection's row plus
     its bias entry (d + 1; the bias is the augmented row's last column) and the up
     projection's column (d); the up bias is outside the pair and trains on its own."""
-    if p.kind == "lowrank":
-        a, b = p.slots
-        return a.shape[1], b.shape[0]
-    down = next(s for s in p.slots if s.name == "down")
-    return down.shape[1] + 1, down.shape[1]
+    slots = {s.name: s for s in p.slots}
+    return slots[p.pair.row].shape[1] + (p.pair.row_bias is not None), slots[p.pair.col].shape[0]
 
 
 def _aligned_split(k: int, row: int, col: int) -> tuple[int, int, int] | None:
@@ -356,25 +278,25 @@ def _set_aligned(p: Placement, k_pair: int) -> bool:
     if split is None:
         return False
     k_row, k_col, p.block = split
-    if p.kind == "lowrank":
-        p.slots[0].k, p.slots[1].k = k_row, k_col
-        return True
     slots = {s.name: s for s in p.slots}
-    d = slots["down"].shape[1]
-    slots["down_bias"].k = k_row // (d + 1)  # the augmented rows' last column
-    slots["down"].k = k_row - slots["down_bias"].k
-    slots["up"].k = k_col
+    row = slots[p.pair.row]
+    if p.pair.row_bias is not None:
+        bias = slots[p.pair.row_bias]
+        bias.k = k_row // (row.shape[1] + 1)  # the augmented rows' last column
+        k_row -= bias.k
+    row.k = k_row
+    slots[p.pair.col].k = k_col
     return True
 
 
 def _align_pairs(plan: Plan) -> None:
     """Re-split each Adjacent pair so both sides cover the same indices; the count stays
     exact. A pair whose share is one entry past whole indices hands that entry on (to its
-    up bias, else to the next pair)."""
-    pairs = [p for p in plan.placements if p.kind in PAIRED]
+    free slot, else to the next pair)."""
+    pairs = [p for p in plan.placements if p.pair is not None]
     carry = 0
     for p in pairs:
-        free = next((s for s in p.slots if s.name == "up_bias"), None)
+        free = _free(p)
         k_pair = sum(s.k for s in p.slots) - (free.k if free else 0) + carry
         carry = 0
         if not _set_aligned(p, k_pair):
@@ -389,11 +311,11 @@ def _align_pairs(plan: Plan) -> None:
 
 
 def _paired_count(p: Placement) -> int:
-    return sum(s.k for s in p.slots if s.name != "up_bias")
+    return sum(s.k for s in p.slots if s.name != p.pair.free)
 
 
 def _room(p: Placement, k: int) -> bool:
-    return k <= sum(s.numel for s in p.slots if s.name != "up_bias")
+    return k <= sum(s.numel for s in p.slots if s.name != p.pair.free)
 
 
 def _place_one_more(pairs: list[Placement]) -> bool:

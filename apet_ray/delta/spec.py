@@ -59,21 +59,21 @@ class DeltaSpec:
 
         Default positions: for concat and plugin, the matched method's when it uses the same
         op (so APET differs from it only in its masks and size); otherwise the op's own
-        default. Add always defaults to the linear weights (the authors' BERT variant masked
-        the model's own weights): on BitFit's biases a matched budget would fill every entry.
+        default (``registry.Op.defaults``). Add always defaults to the linear weights (the
+        authors' BERT variant masked the model's own weights): on BitFit's biases a matched
+        budget would fill every entry.
         """
         if op not in OPS:
             raise UserError(f"unknown op {op!r} (known: {', '.join(OPS)})")
         if positions is None:
             matched = DeltaSpec.pet(match) if match is not None and match in matchable_methods() else None
-            if matched is not None and matched.op == op and op != "add":
+            if matched is not None and matched.op == op and OPS[op].match_positions:
                 positions = matched.positions
             else:
-                positions = {"add": ("linear",), "concat": ("query", "value"), "plugin": ("attn_out", "ffn_out")}[op]
-        extra = {"alpha": 16.0} if op == "concat" else {}
+                positions = OPS[op].defaults
         return DeltaSpec(
             method="apet", op=op, positions=tuple(positions), distribution=distribution, budget=budget,
-            match=match, size=size, density=density, seed=seed, **extra,
+            match=match, size=size, density=density, seed=seed,
         ).validated()
 
     @staticmethod

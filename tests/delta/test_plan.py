@@ -7,7 +7,6 @@ import torch
 
 from apet_ray.delta import DeltaSpec, attach, count_deltas, make_plan
 from apet_ray.delta.masked import MaskedTensor
-from apet_ray.delta.plan import PAIRED
 from apet_ray.errors import UserError
 from support import tiny_classifier, tiny_seq2seq
 
@@ -26,7 +25,7 @@ def test_every_pair_with_entries_has_entries_on_both_sides(family, op, distribut
         k = {s.name: s.k for s in p.slots}
         paired = sum(k.values()) - k.get("up_bias", 0)
         if paired:
-            assert all(k[name] >= 1 for name in PAIRED[p.kind]), (p.path, k)
+            assert all(k[name] >= 1 for name in p.pair.sides), (p.path, k)
 
 
 def test_a_budget_no_pair_can_use_is_refused():
@@ -95,7 +94,7 @@ def test_adjacent_pairs_train_one_aligned_block(op):
     model = tiny_classifier()
     plan = attach(model, DeltaSpec.apet(op, "adjacent", budget=700, seed=2))
     for p in plan.placements:
-        if p.kind not in PAIRED:
+        if p.pair is None:
             continue
         layer = model.get_submodule(p.path)
         pair = layer.lowrank if p.kind == "lowrank" else layer.plugin

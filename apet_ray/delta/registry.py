@@ -1,0 +1,285 @@
+"""The ops, in one place: what each puts where, how large it may grow, how it installs.
+
+An *op* is what a spec names (``add``, ``concat``, ``plugin``). It places one or more
+*placement kinds* -- one per kind of host: Add is a weight delta on a linear layer, a bias
+delta, a delta on any other parameter, or the model's own weights in place; Concatenate
+is a soft prompt at the embeddings or a low-rank pair beside a linear layer; Plugin is a
+bottleneck after one. ``plan`` and ``attach`` read everything kind-specific from here.
+
+Adding an op is one ``register`` call and its layer class::
+
+    from apet_ray.delta.registry import Op, PlacementKind, Slot, register
+    register(Op("scale", defaults=("key", "value"), linear="scale",
+                kinds=(PlacementKind("scale", slots=..., install=...),)))
+
+docs/extending.md ("Adding an op") walks through one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple
+
+import torch
+from torch import nn
+
+from apet_ray.delta.architectures import Family, has_module, modules_for_role
+from apet_ray.delta.layers import AddedParam, DeltaLinear, wrap
+from apet_ray.delta.masked import MaskedTensor
+from apet_ray.delta.ops import LowRank, Plugin, PromptTokens
+from apet_ray.errors import UserError
+
+if TYPE_CHECKING:
+    from apet_ray.delta.plan import Placement
+    from apet_ray.delta.spec import DeltaSpec
+
+MAX_PROMPT_TOKENS = 1024  # where the model has no position limit (T5's relative positions)
+
+
+@dataclass
+class Slot:
+    """One masked tensor to create: its dense shape, how to initialise W, and k."""
+
+    name: str
+    shape: tuple[int, ...]
+    init: str  # zeros | kaiming | vocab | inplace
+    k: int = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class Host(NamedTuple):
+    """Where one placement goes: its kind, the module's path in the backbone, a parameter."""
+
+    kind: str
+    path: str
+    param: str | None = None  # which parameter of the module (kind "param")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two factors that train only together: B·A stays 0 while either is empty, and so
+    does the gradient of every entry of the other (``plan._no_dead_values``). Index j of the
+    size (rank, bottleneck) is the row side's row j and the column side's column j."""
+
+    row: str
+    col: str
+    row_bias: str | None = None  # a bias on the row side: the augmented row's last column
+    free: str | None = None  # a slot beside the pair that trains on its own
+
+    @property
+    def sides(self) -> tuple[str, str]:
+        return self.row, self.col
+
+
+# (model, placement, spec, masked): ``masked(like)`` makes the placement's masked tensors,
+# slot name -> MaskedTensor (None where a slot got no share), with ``like``'s dtype and device
+Masked = Callable[[torch.Tensor], dict[str, MaskedTensor | None]]
+Install = Callable[[nn.Module, "Placement", "DeltaSpec", Masked], None]
+
+
+@dataclass(frozen=True)
+class PlacementKind:
+    """What an op puts on one host: its slots (from shapes alone), how it installs itself,
+    and for a sized kind (prompt length, rank, bottleneck) the largest size a host can use."""
+
+    name: str
+    slots: Callable[[nn.Module, int | None, str | None], list[Slot]]  # (host module, size, param)
+    install: Install
+    max_size: Callable[[nn.Module, nn.Module], int] | None = None  # (backbone, host module); None: unsized
+    size_limit: str = ""  # that limit in words, for the refusal
+    pair: Pair | None = None
+    noun: str = ""  # in refusals; the name when empty
+
+    @property
+    def label(self) -> str:
+        return self.noun or self.name
+
+
+HostFn = Callable[[nn.Module, Family, str, "DeltaSpec"], list[Host]]  # (backbone, family, role, spec)
+
+
+@dataclass(frozen=True)
+class Op:
+    """An op a spec may name: its placement kinds and where they go."""
+
+    name: str
+    defaults: tuple[str, ...]  # DeltaSpec.apet's positions when none are given
+    kinds: tuple[PlacementKind, ...]  # registered with the op
+    linear: str | None = None  # the kind it puts on each linear layer of a role
+    at: Mapping[str, HostFn] = field(default_factory=dict)  # positions that are not linear roles
+    match_positions: bool = True  # APET matching a method of this op takes the method's positions
+
+
+OPS: dict[str, Op] = {}
+PLACEMENT_KINDS: dict[str, PlacementKind] = {}
+
+# Positions that are not linear roles, for an op with no entry for them in ``Op.at``.
+REFUSED = {
+    "all": "position 'all' is full fine-tuning only; use 'linear' for a masked Add over the weights",
+    "embeddings": "a {op} cannot sit on the input embeddings (use concat for a prompt)",
+    "biases": "position {role!r} takes the add op",
+    "paper_biases": "position {role!r} takes the add op",
+    "norm": "op {op} needs linear positions, not {role!r}",
+}
+
+
+def register(op: Op) -> Op:
+    """Add ``op`` and its placement kinds; a kind another op registered must be that same kind."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", op.name):
+        raise ValueError(f"op name {op.name!r} must be lower-case letters, digits or _")
+    if op.name in OPS and OPS[op.name] != op:
+        raise ValueError(f"op {op.name!r} is registered already, with other settings")
+    for kind in op.kinds:
+        if PLACEMENT_KINDS.get(kind.name, kind) != kind:
+            raise ValueError(f"op {op.name}: placement kind {kind.name!r} is registered already, with other settings")
+    if op.linear is not None and op.linear not in {k.name for k in op.kinds}:
+        raise ValueError(f"op {op.name}: its linear kind {op.linear!r} is not one of its kinds")
+    PLACEMENT_KINDS.update((kind.name, kind) for kind in op.kinds)
+    OPS[op.name] = op
+    return op
+
+
+def unregister(name: str) -> None:
+    """Remove an op, and its kinds no other op uses (tests that register a toy one clean up with this)."""
+    op = OPS.pop(name, None)
+    used = {kind.name for other in OPS.values() for kind in other.kinds}
+    for kind in op.kinds if op else ():
+        if kind.name not in used:
+            PLACEMENT_KINDS.pop(kind.name, None)
+
+
+# ---- Add: existing parameters ---------------------------------------------------------
+
+def _in_place(backbone: nn.Module, fam: Family, role: str, spec: DeltaSpec) -> list[Host]:
+    if spec.distribution != "full":
+        raise UserError(REFUSED["all"])
+    return [Host("inplace", "")]
+
+
+def _embedding_rows(backbone: nn.Module, fam: Family, role: str, spec: DeltaSpec) -> list[Host]:
+    head = backbone.get_output_embeddings() if fam.kind != "bert" else None
+    if fam.kind == "t5" or (head is not None and head.weight is backbone.get_input_embeddings().weight):
+        # one table serves the inputs and the (tied) LM head
+        raise UserError(f"add at 'embeddings' is not supported on {fam.name}: its token table is shared "
+                        "with the output layer (use concat for a prompt)")
+    return [Host("param", fam.input_embeddings, "weight")]
+
+
+def _biases(backbone: nn.Module, fam: Family, role: str, spec: DeltaSpec) -> list[Host]:
+    """Bias deltas: on every linear layer ("biases"), or where the paper's BitFit puts them."""
+    paper = role == "paper_biases"
+    roles = fam.bitfit_roles if paper else fam.linear_roles
+    linears = [p for r in roles for p in modules_for_role(backbone, fam, r)]
+    if paper:
+        linears += [p for p in fam.bitfit_linears if has_module(backbone, p)]
+    hosts = [Host("bias", p) for p in linears]
+    for path in modules_for_role(backbone, fam, "norm") + list(fam.norms_outside_blocks):
+        if getattr(backbone.get_submodule(path), "bias", None) is not None:  # T5's RMS norms have none
+            hosts.append(Host("param", path, "bias"))
+    if paper:
+        hosts += [Host("param", p, "weight") for p in fam.bitfit_tables if has_module(backbone, p)]
+    return hosts
+
+
+def _norm_weights(backbone: nn.Module, fam: Family, role: str, spec: DeltaSpec) -> list[Host]:
+    return [Host("param", p, "weight") for p in modules_for_role(backbone, fam, role)]
+
+
+def _install_weight(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+    layer = wrap(model, p.path, DeltaLinear)
+    layer.weight_delta = masked(layer.base.weight)["weight_delta"]
+
+
+def _install_bias(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+    layer = wrap(model, p.path, DeltaLinear)
+    layer.bias_delta = masked(layer.base.weight)["bias_delta"]
+
+
+def _install_param(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+    wrapper = wrap(model, p.path, AddedParam)
+    delta = masked(getattr(wrapper.base, p.param))[p.param]
+    if delta is not None:
+        wrapper.deltas[p.param] = delta
+
+
+def _install_in_place(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+    model.get_submodule(p.path).requires_grad_(True)  # full masks on the model's own weights: train them
+
+
+register(Op("add", defaults=("linear",), linear="weight", match_positions=False, kinds=(
+    PlacementKind("weight", lambda m, size, param: [Slot("weight_delta", tuple(m.weight.shape), "zeros")],
+                  _install_weight),
+    PlacementKind("bias", lambda m, size, param: [Slot("bias_delta", (m.weight.shape[0],), "zeros")],
+                  _install_bias),
+    PlacementKind("param", lambda m, size, param: [Slot(param, tuple(getattr(m, param).shape), "zeros")],
+                  _install_param),
+    # named_parameters() yields a tied parameter once: it trains (and counts) once
+    PlacementKind("inplace", lambda m, size, param: [Slot(n, tuple(w.shape), "inplace") for n, w in m.named_parameters()],
+                  _install_in_place),
+), at={"all": _in_place, "embeddings": _embedding_rows, "biases": _biases, "paper_biases": _biases,
+       "norm": _norm_weights}))
+
+
+# ---- Concatenate: a prompt, or a low-rank pair ----------------------------------------
+
+def _prompt_slots(backbone: nn.Module, size: int | None, param: str | None) -> list[Slot]:
+    return [Slot("tokens", (size, backbone.get_input_embeddings().weight.shape[1]), "vocab")]
+
+
+def _prompt_tokens(backbone: nn.Module, host: nn.Module) -> int:
+    limit = getattr(backbone.config, "max_position_embeddings", None)
+    return limit // 2 if limit else MAX_PROMPT_TOKENS  # leave half the positions to the input
+
+
+def _install_prompt(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+    if not hasattr(model, "prompt"):
+        raise UserError("prompt tuning needs an apet_ray model (apet_ray.models.load_model), not a bare transformers model")
+    model.prompt = PromptTokens(masked(model.get_submodule(p.path).get_input_embeddings().weight)["tokens"])
+
+
+def _lowrank_slots(m: nn.Module, size: int | None, param: str | None) -> list[Slot]:
+    out_f, in_f = m.weight.shape
+    return [Slot("A", (size, in_f), "kaiming"), Slot("B", (out_f, size), "zeros")]
+
+
+def _install_lowrank(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+    layer = wrap(model, p.path, DeltaLinear)
+    made = masked(layer.base.weight)
+    layer.add_extra("lowrank", LowRank(made["A"], made["B"], scale=spec.alpha / p.size))
+
+
+register(Op("concat", defaults=("query", "value"), linear="lowrank", kinds=(
+    PlacementKind("prompt", _prompt_slots, _install_prompt, max_size=_prompt_tokens,
+                  size_limit="half the model's positions"),
+    # a rank above min(in, out) adds nothing
+    PlacementKind("lowrank", _lowrank_slots, _install_lowrank, max_size=lambda backbone, m: min(m.weight.shape),
+                  size_limit="a rank of min(in, out) of the layer", pair=Pair("A", "B"), noun="low-rank pair"),
+), at={"embeddings": lambda backbone, fam, role, spec: [Host("prompt", "")]}))
+
+
+# ---- Plugin: a bottleneck after a linear layer ------------------------------------------
+
+def _plugin_slots(m: nn.Module, size: int | None, param: str | None) -> list[Slot]:
+    d = m.weight.shape[0]
+    return [Slot("down", (size, d), "kaiming"), Slot("down_bias", (size,), "zeros"),
+            Slot("up", (d, size), "zeros"), Slot("up_bias", (d,), "zeros")]
+
+
+def _install_plugin(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+    layer = wrap(model, p.path, DeltaLinear)
+    made = masked(layer.base.weight)
+    layer.add_extra("plugin", Plugin(made["down"], made["down_bias"], made["up"], made["up_bias"], p.size,
+                                     spec.activation))
+
+
+register(Op("plugin", defaults=("attn_out", "ffn_out"), linear="plugin", kinds=(
+    PlacementKind("plugin", _plugin_slots, _install_plugin, max_size=lambda backbone, m: m.weight.shape[0],
+                  size_limit="a bottleneck as wide as the layer",
+                  # the up bias trains on its own; the down bias is part of the row side
+                  pair=Pair("down", "up", row_bias="down_bias", free="up_bias")),
+)))
