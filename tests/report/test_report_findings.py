@@ -119,3 +119,24 @@ def test_no_usable_trial_still_gives_a_report(tmp_path: Path) -> None:
     put(tmp_path, trial_row("broken", status="error", final_score=float("nan"), best_score=float("nan")))
     findings = judge(_data(tmp_path))
     assert [f.verdict for f in findings] == [NOT_ENOUGH] * 4
+
+
+def test_finding3_judges_the_high_threshold_on_the_mean_over_tasks_and_the_low_one_across_tasks(tmp_path: Path) -> None:
+    # sst2: the high threshold falls 10,000 -> 100; rte: it rises 1,000 -> 10,000. The geometric
+    # mean over the two tasks falls (3,162 -> 1,000): supported on the mean, rte listed as not holding
+    from apet_ray.report.findings import SUPPORTED, finding3
+
+    curves = {("bert-small", "sst2"): (0.62, 0.70, 0.90), ("bert-large", "sst2"): (0.90, 0.90, 0.90),
+              ("bert-small", "rte"): (0.62, 0.90, 0.90), ("bert-large", "rte"): (0.62, 0.70, 0.90)}
+    for (model, task), scores in curves.items():
+        base = {"model": model, "task": task, "total_params": MODELS[model]}
+        put(tmp_path, trial_row(f"{model}-{task}-ft", **base, method="ft", delta_params=MODELS[model], final_score=0.90))
+        for budget, score in zip((100, 1000, 10_000), scores):
+            put(tmp_path, trial_row(f"{model}-{task}-{budget}", **base, method="apet", op="add", distribution="discrete",
+                                    requested_params=budget, delta_params=budget, final_score=score))
+    high, _, same = finding3(_data(tmp_path)).parts
+    assert high.verdict == SUPPORTED
+    assert any("mean over 2 task(s)" in e and "holds" in e for e in high.evidence)
+    assert any(e.strip().startswith("rte:") and "does not hold" in e for e in high.evidence)
+    # low thresholds (chance 0.5 + 5 points): 100 on every task of both models -> the same, across tasks
+    assert same.verdict == SUPPORTED and any("on 2 task(s)" in e for e in same.evidence)
