@@ -21,7 +21,7 @@ from apet_ray.delta.methods import label_of, order_of
 from apet_ray.report.data import ReportData, human, pet_default, seed_stats, structure_frame, transfer_matrix
 from apet_ray.report.plotting import (Skip, label_colors, ordered_labels, panel_grid, panel_metric_label, save_figure,
                                       suptitle, task_sort_key)
-from apet_ray.report.thresholds import HIGH_TOL, LOW_MARGIN, mean_by_budget, threshold_table
+from apet_ray.report.thresholds import HIGH_TOL, LOW_MARGIN, best_by_budget_and_seed, mean_by_budget, threshold_table
 
 
 BASELINE_LABEL = "baseline (chance or majority class)"
@@ -257,14 +257,18 @@ def fig7_params(data: ReportData, out_dir: Path) -> list[Path]:
         for row in group.set_index("label").loc[[lb for lb in labels if lb in set(group["label"])]].itertuples():
             points = panel_trials[panel_trials["label"] == row.Index]
             mean = mean_by_budget(points)
-            std = points.groupby(["delta_params", "seed"])["score"].mean().groupby(level=0).std().reindex(mean.index)
+            std = best_by_budget_and_seed(points).groupby(level=0).std().reindex(mean.index)
             color = colors[row.Index]
             ax.errorbar(mean.index, 100 * mean.values, yerr=100 * std.fillna(0).values, marker="o",
                         markersize=4, capsize=2, color=color, label=row.Index)  # fmt: skip
+            for lo, hi in ((row.low_lo, row.low_hi), (row.high_lo, row.high_hi)):
+                if not pd.isna(lo) and (pd.isna(hi) or hi > lo):  # seeds disagree: their interval as a band
+                    ax.axvspan(lo, mean.index.max() if pd.isna(hi) else hi, color=color, alpha=0.08, linewidth=0)
             for threshold, marker in ((row.low_threshold, "v"), (row.high_threshold, "^")):
                 if not pd.isna(threshold):
                     ax.plot([threshold], [100 * mean[threshold]], marker=marker, markersize=12,
                             markerfacecolor="none", markeredgecolor=color, markeredgewidth=2, linestyle="")  # fmt: skip
+        ax.axhline(100 * float(group["random_guess"].mean()), color="0.6", linestyle="-.", label="random guess")
         ax.axhline(100 * float(group["baseline"].mean()), color="0.4", linestyle=":", label=BASELINE_LABEL)
         ft = group["ft_score"].dropna()
         if len(ft):
@@ -272,7 +276,7 @@ def fig7_params(data: ReportData, out_dir: Path) -> list[Path]:
         handles, _ = ax.get_legend_handles_labels()
         handles += [
             Line2D([], [], marker="v", markersize=9, markerfacecolor="none", markeredgecolor="k", linestyle="",
-                   label=f"low threshold (> baseline + {100 * LOW_MARGIN:g})"),
+                   label=f"low threshold (> random guess + {100 * LOW_MARGIN:g})"),
             Line2D([], [], marker="^", markersize=9, markerfacecolor="none", markeredgecolor="k", linestyle="",
                    label=f"high threshold (≥ FT − {100 * HIGH_TOL:g})"),
         ]  # fmt: skip
@@ -282,7 +286,8 @@ def fig7_params(data: ReportData, out_dir: Path) -> list[Path]:
         ax.set_ylabel(panel_metric_label(panel_trials))
         ax.set_title(f"{task} · {model} ({human(group['total_params'].iloc[0])})")
         ax.grid(alpha=0.3)
-    suptitle(fig, "Fig. 7 — score vs number of trainable parameters (mean ± std over seeds)")
+    suptitle(fig, "Fig. 7 — score vs number of trainable parameters (mean ± std over seeds; bands: thresholds' "
+                  "range over seeds)")
     return save_figure(fig, out_dir, "fig7_params")
 
 
