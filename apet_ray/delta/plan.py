@@ -31,25 +31,9 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from apet_ray.delta.architectures import Family, family_of, modules_for_role
-from apet_ray.delta.registry import OPS, PLACEMENT_KINDS, REFUSED, Host, Pair, Slot
+from apet_ray.delta.registry import OPS, PLACEMENT_KINDS, REFUSED, Host, Placement, Slot
 from apet_ray.delta.spec import DeltaSpec, check_budget
 from apet_ray.errors import UserError
-
-
-@dataclass
-class Placement:
-    """Where one op goes: a placement kind (``registry.PLACEMENT_KINDS``) on one module."""
-
-    kind: str
-    path: str  # module path from the root model ("" for the root)
-    slots: list[Slot]
-    size: int | None = None  # rank / bottleneck / prompt length
-    param: str | None = None  # for kind == "param": which parameter of the module
-    block: int | None = None  # aligned Adjacent pair: rank/bottleneck indices both sides train
-
-    @property
-    def pair(self) -> Pair | None:
-        return PLACEMENT_KINDS[self.kind].pair
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -31,9 +31,8 @@ from apet_ray.delta.masked import MaskedTensor
 from apet_ray.delta.ops import LowRank, Plugin, PromptTokens
 from apet_ray.errors import UserError
 
-if TYPE_CHECKING:
-    from apet_ray.delta.plan import Placement
-    from apet_ray.delta.spec import DeltaSpec
+# a DeltaSpec: spec.py imports this module (through methods.py), so not the other way round
+Spec = Any
 
 MAX_PROMPT_TOKENS = 1024  # where the model has no position limit (T5's relative positions)
 
@@ -76,10 +75,26 @@ class Pair:
         return self.row, self.col
 
 
+@dataclass
+class Placement:
+    """Where one op goes: a placement kind on one module, with its slots."""
+
+    kind: str  # a name in PLACEMENT_KINDS
+    path: str  # module path from the root model ("" for the root)
+    slots: list[Slot]
+    size: int | None = None  # rank / bottleneck / prompt length
+    param: str | None = None  # for kind == "param": which parameter of the module
+    block: int | None = None  # aligned Adjacent pair: rank/bottleneck indices both sides train
+
+    @property
+    def pair(self) -> Pair | None:
+        return PLACEMENT_KINDS[self.kind].pair
+
+
 # (model, placement, spec, masked): ``masked(like)`` makes the placement's masked tensors,
 # slot name -> MaskedTensor (None where a slot got no share), with ``like``'s dtype and device
 Masked = Callable[[torch.Tensor], dict[str, MaskedTensor | None]]
-Install = Callable[[nn.Module, "Placement", "DeltaSpec", Masked], None]
+Install = Callable[[nn.Module, Placement, Spec, Masked], None]
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,7 @@ class PlacementKind:
         return self.noun or self.name
 
 
-HostFn = Callable[[nn.Module, Family, str, "DeltaSpec"], list[Host]]  # (backbone, family, role, spec)
+HostFn = Callable[[nn.Module, Family, str, Spec], list[Host]]  # (backbone, family, role, spec)
 
 
 @dataclass(frozen=True)
@@ -155,13 +170,13 @@ def unregister(name: str) -> None:
 
 # ---- Add: existing parameters ---------------------------------------------------------
 
-def _in_place(backbone: nn.Module, fam: Family, role: str, spec: DeltaSpec) -> list[Host]:
+def _in_place(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> list[Host]:
     if spec.distribution != "full":
         raise UserError(REFUSED["all"])
     return [Host("inplace", "")]
 
 
-def _embedding_rows(backbone: nn.Module, fam: Family, role: str, spec: DeltaSpec) -> list[Host]:
+def _embedding_rows(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> list[Host]:
     head = backbone.get_output_embeddings() if fam.kind != "bert" else None
     if fam.kind == "t5" or (head is not None and head.weight is backbone.get_input_embeddings().weight):
         # one table serves the inputs and the (tied) LM head
@@ -170,7 +185,7 @@ def _embedding_rows(backbone: nn.Module, fam: Family, role: str, spec: DeltaSpec
     return [Host("param", fam.input_embeddings, "weight")]
 
 
-def _biases(backbone: nn.Module, fam: Family, role: str, spec: DeltaSpec) -> list[Host]:
+def _biases(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> list[Host]:
     """Bias deltas: on every linear layer ("biases"), or where the paper's BitFit puts them."""
     paper = role == "paper_biases"
     roles = fam.bitfit_roles if paper else fam.linear_roles
@@ -186,28 +201,28 @@ def _biases(backbone: nn.Module, fam: Family, role: str, spec: DeltaSpec) -> lis
     return hosts
 
 
-def _norm_weights(backbone: nn.Module, fam: Family, role: str, spec: DeltaSpec) -> list[Host]:
+def _norm_weights(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> list[Host]:
     return [Host("param", p, "weight") for p in modules_for_role(backbone, fam, role)]
 
 
-def _install_weight(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+def _install_weight(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
     layer = wrap(model, p.path, DeltaLinear)
     layer.weight_delta = masked(layer.base.weight)["weight_delta"]
 
 
-def _install_bias(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+def _install_bias(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
     layer = wrap(model, p.path, DeltaLinear)
     layer.bias_delta = masked(layer.base.weight)["bias_delta"]
 
 
-def _install_param(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+def _install_param(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
     wrapper = wrap(model, p.path, AddedParam)
     delta = masked(getattr(wrapper.base, p.param))[p.param]
     if delta is not None:
         wrapper.deltas[p.param] = delta
 
 
-def _install_in_place(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+def _install_in_place(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
     model.get_submodule(p.path).requires_grad_(True)  # full masks on the model's own weights: train them
 
 
@@ -236,7 +251,7 @@ def _prompt_tokens(backbone: nn.Module, host: nn.Module) -> int:
     return limit // 2 if limit else MAX_PROMPT_TOKENS  # leave half the positions to the input
 
 
-def _install_prompt(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+def _install_prompt(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
     if not hasattr(model, "prompt"):
         raise UserError("prompt tuning needs an apet_ray model (apet_ray.models.load_model), not a bare transformers model")
     model.prompt = PromptTokens(masked(model.get_submodule(p.path).get_input_embeddings().weight)["tokens"])
@@ -247,7 +262,7 @@ def _lowrank_slots(m: nn.Module, size: int | None, param: str | None) -> list[Sl
     return [Slot("A", (size, in_f), "kaiming"), Slot("B", (out_f, size), "zeros")]
 
 
-def _install_lowrank(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+def _install_lowrank(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
     layer = wrap(model, p.path, DeltaLinear)
     made = masked(layer.base.weight)
     layer.add_extra("lowrank", LowRank(made["A"], made["B"], scale=spec.alpha / p.size))
@@ -270,7 +285,7 @@ def _plugin_slots(m: nn.Module, size: int | None, param: str | None) -> list[Slo
             Slot("up", (d, size), "zeros"), Slot("up_bias", (d,), "zeros")]
 
 
-def _install_plugin(model: nn.Module, p: Placement, spec: DeltaSpec, masked: Masked) -> None:
+def _install_plugin(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
     layer = wrap(model, p.path, DeltaLinear)
     made = masked(layer.base.weight)
     layer.add_extra("plugin", Plugin(made["down"], made["down_bias"], made["up"], made["up_bias"], p.size,
