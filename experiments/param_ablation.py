@@ -7,7 +7,8 @@ report adds the strict one, against the majority class) and the high threshold
 (fewest reaching FT within --tol), training a handful of counts instead of the whole grid;
 all searches share one Tune experiment (apet_ray/study/threshold_search.py). The
 thresholds, trials and training steps spent versus the dense grid are printed and saved to
-RESULTS/param_ablation.thresholds.json.
+RESULTS/param_ablation.thresholds.json. --score best judges each probe by its best evaluation
+and stops it as soon as one passes what it was sent to test (a final score can still fall).
 
     python experiments/param_ablation.py                 # smoke size: MiniLM, frozen random head
     python experiments/param_ablation.py --profile paper --address auto   # configs/param_ablation/paper.yaml
@@ -40,9 +41,6 @@ def run(argv=None):
     parser.add_argument("--tol", type=float, help=f"high threshold: score >= FT score - tol (default {HIGH_TOL})")
     parser.add_argument("--dense", action="store_true",
                         help="train every grid count instead of searching (the dense grid a search is checked against)")
-    parser.add_argument("--score", choices=["final", "best"], default="final",
-                        help="judge a probe (and FT) by its final or its best evaluation; with best, a probe stops "
-                             "as soon as an evaluation passes what it was sent to test (default final)")
     parser.add_argument("--lrs", help="an lr ladder, e.g. 1e-4,1e-3,1e-2: each probed count trains at every one and "
                         "scores its best, so the threshold measures the count, not one lr (default: --lr alone)")
     parser.add_argument("--head", choices=["frozen", "trainable"],

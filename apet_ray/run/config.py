@@ -18,6 +18,7 @@ from apet_ray.models import DEFAULT_MODEL, build_model
 from apet_ray.tasks import Task, custom_task, get_task, load_examples
 
 PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("constant", "linear")
 DATA_SOURCES = ("auto", "dir", "hub", "packaged")
 
 
@@ -33,7 +34,8 @@ class TrainConfig:
     batch_size: int = 32  # global, split over the workers
     lr: float | None = None  # None: the paper's (3e-4; 5e-5 on RTE)
     prompt_lr: float | None = None  # soft prompts; None: the paper's (3e-2; 5e-5 on RTE)
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # AdamW's; the paper's release trains with the Trainer's 0
+    schedule: str = "constant"  # learning rate over the run: constant, or linear decay to 0 (the release's)
     max_steps: int = 300
     eval_every: int = 50
     train_limit: int | None = None
@@ -152,10 +154,14 @@ def check_config(cfg: TrainConfig) -> RunPlan:
         raise UserError(f"unknown data source {cfg.data_source!r} (known: {', '.join(DATA_SOURCES)})")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"unknown precision {cfg.precision!r} (known: {', '.join(PRECISIONS)})")
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {cfg.schedule!r} (known: {', '.join(SCHEDULES)})")
+    if not (isinstance(cfg.weight_decay, (int, float)) and 0 <= cfg.weight_decay < float("inf")):
+        raise UserError(f"weight_decay must be a finite number of 0 or more, not {cfg.weight_decay!r}")
     for name in ("lr", "prompt_lr"):
         value = getattr(cfg, name)
-        if value is not None and not value > 0:
-            raise UserError(f"{name} must be positive, not {value}")
+        if value is not None and not (value > 0 and value < float("inf")):
+            raise UserError(f"{name} must be positive and finite, not {value}")
     for name in ("train_limit", "eval_limit", "max_input_len"):
         value = getattr(cfg, name)
         if value is not None and (not isinstance(value, int) or value < 1):

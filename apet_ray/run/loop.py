@@ -109,6 +109,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = model(**batch)["loss"]
         loss.backward()
+        _set_lr(optimizer, cfg.schedule, step, cfg.max_steps)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
@@ -172,9 +173,17 @@ def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
 
 def _adamw(named: dict[str, torch.Tensor], base_lr: float, prompt_lr: float, weight_decay: float):
     """AdamW over the deltas; soft prompts (``prompt.*``) take their own learning rate (SPEC §2)."""
-    groups = [{"params": [p for n, p in named.items() if not n.startswith("prompt.")], "lr": base_lr},
-              {"params": [p for n, p in named.items() if n.startswith("prompt.")], "lr": prompt_lr}]
+    groups = [{"params": [p for n, p in named.items() if not n.startswith("prompt.")], "lr": base_lr, "base_lr": base_lr},
+              {"params": [p for n, p in named.items() if n.startswith("prompt.")], "lr": prompt_lr, "base_lr": prompt_lr}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, schedule: str, step: int, max_steps: int) -> None:
+    """The lr of this step, a function of the step alone (so a resume continues it exactly):
+    constant, or the Trainer's linear decay without warm-up, base * (1 - step / max_steps)."""
+    factor = 1.0 if schedule == "constant" else 1.0 - step / max_steps
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
 
 
 def _encoded(cfg: TrainConfig, task, split: str, tokenizer, kind: str):

@@ -10,7 +10,7 @@ import argparse
 from dataclasses import MISSING, dataclass, fields
 
 from apet_ray.distributed import STRATEGIES
-from apet_ray.run.config import DATA_SOURCES, PRECISIONS, TrainConfig
+from apet_ray.run.config import DATA_SOURCES, PRECISIONS, SCHEDULES, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ RUN_OPTIONS = (
     Option("batch_size", int, "global batch size, split over the workers"),
     Option("lr", float, "learning rate", when_unset="the paper's, 3e-4; 5e-5 on RTE"),
     Option("prompt_lr", float, "soft-prompt learning rate", when_unset="the paper's, 3e-2; 5e-5 on RTE"),
+    Option("weight_decay", float, "AdamW weight decay of the trainable deltas (the paper's release: 0)"),
+    Option("schedule", str, "learning rate over the run: constant, or linear decay to 0 (the release's)",
+           choices=SCHEDULES),
     Option("max_steps", int, "training steps"),
     Option("eval_every", int, "evaluate (and checkpoint) every this many steps"),
     Option("train_limit", int, "train on a seeded subset of this many examples", when_unset="all"),

@@ -67,7 +67,8 @@ def dry_run_rows(trials: list[TrainConfig], plans: list[RunPlan]) -> list[dict]:
         "op": cfg.spec.op if cfg.spec.method == "apet" else None,
         "distribution": cfg.spec.distribution if cfg.spec.method == "apet" else None,
         "match": cfg.spec.match, "delta_params": plan.delta_params, "total_params": plan.total_params,
-        "seed": cfg.seed, "batch_size": cfg.batch_size, "lr": plan.lr, "max_steps": cfg.max_steps,
+        "seed": cfg.seed, "batch_size": cfg.batch_size, "lr": plan.lr, "weight_decay": cfg.weight_decay,
+        "schedule": cfg.schedule, "max_steps": cfg.max_steps,
         "eval_every": cfg.eval_every, "max_input_len": plan.max_input_len, "train_limit": cfg.train_limit,
         "eval_limit": cfg.eval_limit, "workers": cfg.workers, "strategy": cfg.strategy,
     } for cfg, plan in zip(trials, plans)]

@@ -53,6 +53,10 @@ def study_arguments(description: str, defaults: dict, paper: Path | None = None)
     how.add_argument("--tune-lr", type=int, default=0, metavar="N",
                      help="first choose each group's learning rate (a group: trials differing only in their seed) by an "
                           "Optuna search of N trials with ASHA stopping (default: 0, the fixed lrs)")
+    how.add_argument("--score", choices=["final", "best"], default="final",
+                     help="which score of each trial the report's tables, figures and findings show: its final "
+                          "evaluation or its best one, as the paper's release reports (load_best_model_at_end); "
+                          "both are recorded (default: final)")
     how.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     how.add_argument("--dry-run", action="store_true",
                      help="check every trial and print it, resolved (one line each), without starting Ray")
@@ -191,7 +195,7 @@ def trial_config(args: argparse.Namespace, model: str, task: str, seed: int, **f
 def study_config(args: argparse.Namespace, study: str, **extra) -> StudyConfig:
     return StudyConfig(study=study, results=args.results, address=args.address, resume=args.resume,
                        asha=args.asha, max_concurrent=args.max_concurrent, report=not args.no_report,
-                       tune_lr=args.tune_lr,
+                       tune_lr=args.tune_lr, score=args.score,
                        dry_run=args.dry_run, json=args.json, extra={"profile": args.profile, **extra})
 
 

@@ -16,6 +16,7 @@ class StudyConfig:
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs hold
     cpus_per_worker: float | None = None  # None: 1 with workers=0; else 0.9 locally (0.1 is the trial driver's), 1 on a cluster
     report: bool = True  # write the report at the end
+    score: str = "final"  # the report shows each trial's final or best score (both are recorded)
     tune_lr: int = 0  # > 0: an Optuna lr search of this many trials per group first (study/lr_search.py)
     dry_run: bool = False  # print the resolved trials and stop, before Ray
     json: bool = False  # the dry run as one JSON list

@@ -120,5 +120,5 @@ def _finish(study: StudyConfig, results: Path) -> Path:
     if study.report:
         from apet_ray.report import make_report
 
-        print("\n".join(make_report(results, results / "report").lines()), flush=True)
+        print("\n".join(make_report(results, results / "report", score=study.score).lines()), flush=True)
     return results

@@ -29,9 +29,23 @@ def trial_id(cfg: TrainConfig, study: str) -> str:
     a file name, so a model folder or task name with spaces, other scripts or great length
     is reduced to safe characters here (the digest keeps such ids distinct). The format
     predates ``slug`` (``=`` spelled ``-``) and is kept so existing results resume."""
-    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(json.dumps(_as_first_recorded(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
     model = _safe(Path(cfg.model).name.replace("_", "-"))
     return f"{_safe(study)}-{model}-{_safe(cfg.task)}-{slug(cfg.spec).replace('=', '-')}-s{cfg.seed}-{digest}"
+
+
+# Config fields added after results were first written, at the value that behaves as before
+# their time: a config that leaves them there digests as it always did, so a results folder
+# of an earlier version still resumes.
+ADDED_LATER = {"schedule": "constant"}
+
+
+def _as_first_recorded(cfg: TrainConfig) -> dict:
+    data = cfg.to_dict()
+    for name, value in ADDED_LATER.items():
+        if data.get(name) == value:
+            del data[name]
+    return data
 
 
 def _safe(part: str, limit: int = 40) -> str:

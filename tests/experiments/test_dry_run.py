@@ -72,7 +72,7 @@ def test_the_documented_cluster_command_runs_the_paper_setting(name, data_dir, c
         assert row["batch_size"] == 32 and row["train_limit"] is None and row["eval_limit"] is None, row
         assert row["max_input_len"] == task.max_input_len
         prompt = row["method"] == "prompt" or (row["op"] == "concat" and row["match"] == "prompt")
-        assert row["lr"] == (5e-5 if row["task"] == "rte" else 3e-2 if prompt else 3e-4), row
+        assert row["lr"] == (5e-5 if row["task"] == "rte" or row["method"] == "ft" else 3e-2 if prompt else 3e-4), row
         assert row["seed"] in (0, 1, 2) and row["max_steps"] >= 5000 and row["delta_params"] > 0
     assert {r["seed"] for r in rows} == {0, 1, 2}
     if name == "transfer":  # the paper's Fig. 9 is APET-Adjacent and APET-Discrete
@@ -125,6 +125,7 @@ def test_each_paper_profile_file_holds_the_papers_grid_and_training_setting(name
     expected = {(m, t) for models, tasks in PAPER_GRIDS[name] for m in models for t in tasks}
     assert set(model_tasks(args)) == expected
     assert (data["seeds"], data["batch_size"], data["lr"], data["train_limit"]) == ([0, 1, 2], 32, None, None)
+    assert (data["ft_lr"], data["weight_decay"], data["schedule"]) == (5e-5, 0.0, "linear")  # the release's Trainer
     if name == "param_ablation":  # Fig. 7 resolves its thresholds: >= 8 counts per decade
         assert data["per_decade"] >= 8
 
@@ -139,3 +140,13 @@ def test_a_models_flag_replaces_the_models_of_every_paper_grid_block():
     assert model_tasks(args) == [("mine", "sst2"), ("mine", "samsum"), ("mine", "rte")]
     args.given = set()
     assert model_tasks(args)[:2] == [("t5-a", "sst2"), ("t5-a", "samsum")] and len(model_tasks(args)) == 6
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_takes_score_final_or_best_for_its_report(name):
+    from apet_ray.study import parse, study_arguments, study_config
+
+    module = script(name)
+    args = parse(study_arguments("t", module.DEFAULTS, module.PAPER), ["--score", "best"])
+    assert study_config(args, name).score == "best"
+    assert study_config(parse(study_arguments("t", module.DEFAULTS, module.PAPER), []), name).score == "final"

@@ -206,3 +206,16 @@ def test_a_bf16_run_stores_the_frozen_weights_in_bf16_and_trains_the_deltas_in_f
     assert values and all(t.dtype == torch.float32 for t in values.values())
     bf16, fp32 = ([h["loss"] for h in runs[p].history] for p in ("bf16", "fp32"))
     assert bf16 == pytest.approx(fp32, rel=0.05)  # the same run, rounded differently
+
+
+def test_the_linear_schedule_decays_each_group_from_its_own_lr_to_zero_as_a_function_of_the_step():
+    import torch
+
+    from apet_ray.run.loop import _adamw, _set_lr
+
+    named = {"w": torch.nn.Parameter(torch.zeros(2)), "prompt.p": torch.nn.Parameter(torch.zeros(2))}
+    opt = _adamw(named, 1e-3, 3e-2, 0.0)
+    _set_lr(opt, "linear", 25, 100)
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(7.5e-4), pytest.approx(2.25e-2)]
+    _set_lr(opt, "constant", 99, 100)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 3e-2]

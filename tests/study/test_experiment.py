@@ -29,3 +29,19 @@ def test_a_torn_checkpoint_is_passed_over_for_the_newest_whole_one(tmp_path):
     _checkpoint(trial / "checkpoint_000000", cfg, steps=100)
     _checkpoint(trial / "checkpoint_000001", cfg, steps=200, torn=True)
     assert latest_checkpoint(tmp_path, "lora-s0", cfg) == trial / "checkpoint_000000"
+
+
+def test_a_field_added_later_at_its_old_behaviour_keeps_the_trial_id_of_earlier_results():
+    import hashlib
+    import json
+    from dataclasses import replace
+
+    from apet_ray.run.config import TrainConfig
+    from apet_ray.study.trials import trial_id
+
+    cfg = TrainConfig(model="tiny-bert", task="sst2")
+    before = cfg.to_dict()
+    del before["schedule"]  # what a config of the version before --schedule digested
+    digest = hashlib.sha1(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    assert trial_id(cfg, "s").endswith(digest)
+    assert not trial_id(replace(cfg, schedule="linear"), "s").endswith(digest)
