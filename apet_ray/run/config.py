@@ -19,6 +19,7 @@ from apet_ray.tasks import Task, custom_task, get_task, load_examples
 
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("constant", "linear")
+LABEL_SETS = ("task", "unified")
 DATA_SOURCES = ("auto", "dir", "hub", "packaged")
 
 
@@ -47,6 +48,7 @@ class TrainConfig:
     converge_tol: float = 0.01
     train_head: bool = True  # BERT classifier head; False: frozen at its seeded random init
     transfer_tasks: tuple[str, ...] = ()  # after training, zero-shot eval on these (unified labels)
+    labels: str = "task"  # train on the task's own labels, or on the unified set (E5: the release's "number" mapping)
     verify_frozen: bool = False  # checksum the frozen weights before and after (costs a pass over them)
 
     def with_absolute_paths(self) -> "TrainConfig":
@@ -59,6 +61,11 @@ class TrainConfig:
 
     def resolve_task(self) -> Task:
         return custom_task(**self.custom, name=self.task) if self.custom else get_task(self.task)
+
+    def training_task(self) -> Task:
+        """The task as it is trained and scored: on its own labels, or on the unified set."""
+        task = self.resolve_task()
+        return task.unified_view() if self.labels == "unified" else task
 
     def data_source_kwargs(self) -> dict:
         """How ``load_examples`` finds a registered task's data (a custom task knows its files)."""
@@ -154,6 +161,10 @@ def check_config(cfg: TrainConfig) -> RunPlan:
         raise UserError(f"unknown data source {cfg.data_source!r} (known: {', '.join(DATA_SOURCES)})")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"unknown precision {cfg.precision!r} (known: {', '.join(PRECISIONS)})")
+    if cfg.labels not in LABEL_SETS:
+        raise UserError(f"unknown label set {cfg.labels!r} (known: {', '.join(LABEL_SETS)})")
+    if cfg.labels == "unified":
+        cfg.resolve_task().unified_view()  # a task without a unified pair is refused here
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {cfg.schedule!r} (known: {', '.join(SCHEDULES)})")
     if not (isinstance(cfg.weight_decay, (int, float)) and 0 <= cfg.weight_decay < float("inf")):

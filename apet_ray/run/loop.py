@@ -45,7 +45,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     torch.manual_seed(cfg.seed)
 
     # ---- model, deltas, data -------------------------------------------------------------
-    task = cfg.resolve_task()
+    task = cfg.training_task()
     num_labels = task.num_labels if task.is_classification else None
     strategy = _strategy(cfg, world, device, num_labels)
     # FSDP loads sharded: rank 0 alone reads the weights, the other ranks build on the meta
@@ -191,7 +191,9 @@ def _encoded(cfg: TrainConfig, task, split: str, tokenizer, kind: str):
     # the eval subset is the same for every seed: seeds differ in initialisation, masks and
     # data order, and are all scored on the same examples
     seed = cfg.seed if split == "train" else EVAL_SUBSET_SEED
-    examples = load_examples(task, split, limit=limit, seed=seed, **cfg.data_source_kwargs())
+    examples = load_examples(cfg.resolve_task(), split, limit=limit, seed=seed, **cfg.data_source_kwargs())
+    if cfg.labels == "unified":
+        examples = cfg.resolve_task().relabel_unified(examples)
     return encode(task, examples, tokenizer, kind, cfg.max_input_len)
 
 

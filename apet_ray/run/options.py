@@ -10,7 +10,7 @@ import argparse
 from dataclasses import MISSING, dataclass, fields
 
 from apet_ray.distributed import STRATEGIES
-from apet_ray.run.config import DATA_SOURCES, PRECISIONS, SCHEDULES, TrainConfig
+from apet_ray.run.config import DATA_SOURCES, LABEL_SETS, PRECISIONS, SCHEDULES, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ RUN_OPTIONS = (
     Option("weight_decay", float, "AdamW weight decay of the trainable deltas (the paper's release: 0)"),
     Option("schedule", str, "learning rate over the run: constant, or linear decay to 0 (the release's)",
            choices=SCHEDULES),
+    Option("labels", str, "train on the task's own labels, or on the unified set of zero-shot transfer (negative / "
+           "not-entailment / false -> 0, positive / entailment / true -> 1, as the release's label_mapping_type)",
+           choices=LABEL_SETS),
     Option("max_steps", int, "training steps"),
     Option("eval_every", int, "evaluate (and checkpoint) every this many steps"),
     Option("train_limit", int, "train on a seeded subset of this many examples", when_unset="all"),

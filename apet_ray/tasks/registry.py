@@ -8,7 +8,7 @@ reads data, formats it for T5 or scores predictions takes a ``Task``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from apet_ray.errors import UserError
 
@@ -132,6 +132,27 @@ class Task:
     @property
     def is_custom(self) -> bool:
         return self.train_file is not None
+
+    def unified_ids(self) -> tuple[int, ...]:
+        """Label id -> id on the unified label set (E5; the release's ``label_mapping_type``
+        "number"): the unified 0 / 1 where a label has one, then 2, 3... for the others (MNLI's
+        neutral), so a model trained on it answers every task in one vocabulary."""
+        extra = iter(range(2, 2 + self.unified_label.count(None)))
+        return tuple(u if u is not None else next(extra) for u in self.unified_label)
+
+    def unified_view(self) -> "Task":
+        """This task with its labels on the unified set: label words "0", "1"(, "2"...), ids
+        as ``unified_ids`` gives them. Its examples come from ``relabel_unified``."""
+        n = len(self.label_words)
+        if not self.is_classification or {0, 1} - set(self.unified_label):
+            raise UserError(f"task {self.name!r} has no unified negative/positive labels to train on: "
+                            "train it on its own labels (--labels task)")
+        return replace(self, label_words=tuple(str(i) for i in range(n)), label_values=(),
+                       unified_label=tuple(i if i in (0, 1) else None for i in range(n)))
+
+    def relabel_unified(self, examples: list[Example]) -> list[Example]:
+        ids = self.unified_ids()
+        return [replace(e, label=ids[e.label]) for e in examples]
 
     def to_unified(self, label: int) -> int | None:
         """The unified id (0/1) of a label id, or None where it has no binary meaning."""

@@ -219,3 +219,12 @@ def test_the_linear_schedule_decays_each_group_from_its_own_lr_to_zero_as_a_func
     assert [g["lr"] for g in opt.param_groups] == [pytest.approx(7.5e-4), pytest.approx(2.25e-2)]
     _set_lr(opt, "constant", 99, 100)
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 3e-2]
+
+
+def test_training_on_the_unified_label_set(tmp_path):
+    # T5 answers "0" / "1" instead of the task's words; a task without the pair is refused up front
+    record = train(tiny(model="tiny-t5", labels="unified", max_steps=4, eval_every=4,
+                        spec=DeltaSpec.pet("lora")), report=lambda metrics, folder: None)
+    assert record.history and 0.0 <= record.final_score <= 1.0
+    with pytest.raises(UserError, match="no unified negative/positive labels"):
+        check_config(tiny(task="samsum", labels="unified"))

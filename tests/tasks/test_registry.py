@@ -121,3 +121,16 @@ def test_tasks_command_data_dir(tmp_path, capsys):
     args = parser.parse_args(["tasks", "--data-dir", str(tmp_path / "nowhere")])
     with pytest.raises(UserError, match="nowhere"):
         args.func(args)
+
+
+def test_the_unified_view_trains_every_task_in_one_label_vocabulary():
+    from apet_ray.tasks.registry import Example
+
+    rte = get_task("rte").unified_view()  # GLUE's RTE: 0 = entailment, which is unified 1
+    assert rte.label_words == ("0", "1") and get_task("rte").unified_ids() == (1, 0)
+    relabelled = get_task("rte").relabel_unified([Example(inputs=("a", "b"), label=0)])
+    assert relabelled[0].label == 1 and rte.to_unified(1) == 1
+    mnli = get_task("mnli")  # neutral has no binary meaning: it keeps a third word of its own
+    assert mnli.unified_view().label_words == ("0", "1", "2") and mnli.unified_ids() == (1, 2, 0)
+    with pytest.raises(UserError, match="no unified negative/positive labels"):
+        get_task("samsum").unified_view()
