@@ -72,50 +72,75 @@ def _m(model: str, size: float) -> str:
 def finding1(data: ReportData) -> Finding:
     claim = "Gaps between PET methods shrink with model scale; at ~10B parameters all reach FT."
     rule_gap = (
-        "For each task and model family with FT and PET methods on at least 2 sizes, take the PET "
-        "methods present at both the smallest and the largest size. Holds if, at the largest size, "
-        "the worst PET method's gap to FT is smaller and the spread between PET methods (best − worst) "
-        f"is no larger than at the smallest size (a gap or spread already within {_pts(HIGH_TOL)} point "
-        "at the largest size counts as closed). Supported if it holds in every case."
+        "Judged on the mean over tasks, as the paper's Fig. 3 reports it: for each model family with FT and PET "
+        "methods on at least 2 sizes, average FT and each PET method over the tasks measured at both the smallest "
+        "and the largest size. Holds if, at the largest size, the worst PET method's gap to FT is smaller and the "
+        "spread between PET methods (best − worst) is no larger than at the smallest size (a gap or spread already "
+        f"within {_pts(HIGH_TOL)} point at the largest size counts as closed). Supported if it holds for every "
+        "family; each task's own verdict is listed beneath."
     )
     rule_ft = (
-        f"At every model of ≥{human(LARGE_MODEL)} parameters, every PET method scores at least "
-        f"FT − {_pts(HIGH_TOL)} points. Judged only when such a model is in the results."
+        f"At every model of ≥{human(LARGE_MODEL)} parameters, every PET method's mean over tasks is at least "
+        f"FT's mean − {_pts(HIGH_TOL)} points (the paper's own T5-XXL RTE row is 10 points under FT: a single "
+        "task does not decide it; each task is listed beneath). Judged only when such a model is in the results."
     )
     stats = seed_stats(pet_default(data.trials), ["task", "family", "model", "total_params", "method"])
     gap_part = Part("PET gaps shrink with scale", NOT_ENOUGH, rule_gap)
     ft_part = Part(f"all PET methods reach FT at ≥{human(LARGE_MODEL)}", NOT_ENOUGH, rule_ft)
     holds: list[bool] = []
     reach: list[bool] = []
+    per_task_gap, per_task_ft = [], []
+    families: dict[str, dict[float, tuple[str, dict[str, tuple[float, pd.Series]]]]] = {}
     for (task, kind), group in stats.groupby(["task", "family"]):
         sizes: dict[float, tuple[str, float, pd.Series]] = {}
         for (size, model), at in group.groupby(["total_params", "model"]):
             ft, pet = at[at["method"] == "ft"], at[at["method"] != "ft"]
             if len(ft) and len(pet):
                 sizes[size] = (model, float(ft["mean"].iloc[0]), pet.set_index("method")["mean"])
+                families.setdefault(kind, {}).setdefault(size, (model, {}))[1][task] = sizes[size][1:]
         for size, (model, ft_mean, pet) in sizes.items():
             if size >= LARGE_MODEL:
                 ok = bool((pet >= ft_mean - HIGH_TOL).all())
-                reach.append(ok)
-                ft_part.evidence.append(
-                    f"{task}, {_m(model, size)}: FT {_pts(ft_mean)}, lowest PET {_pts(pet.min())} "
-                    f"({pet.idxmin()}) — {'all reach' if ok else 'not all reach'} FT"
-                )
+                per_task_ft.append(f"  {task}, {_m(model, size)}: FT {_pts(ft_mean)}, lowest PET {_pts(pet.min())} "
+                                   f"({pet.idxmin()}) — {'all reach' if ok else 'not all reach'} FT")
         if len(sizes) < 2:
             continue
         small, large = sizes[min(sizes)], sizes[max(sizes)]
         common = sorted(set(small[2].index) & set(large[2].index))
-        if not common:
+        if common:
+            (g0, s0), (g1, s1) = _gap_spread(small, common), _gap_spread(large, common)
+            ok = (g1 < g0 or g1 <= HIGH_TOL) and (s1 <= s0 or s1 <= HIGH_TOL)
+            per_task_gap.append(f"  {task} ({kind}): gap {_pts(g0)}, spread {_pts(s0)} → gap {_pts(g1)}, spread "
+                                f"{_pts(s1)} — {'holds' if ok else 'does not hold'}")
+    for kind, sizes in families.items():
+        for size, (model, tasks) in sizes.items():
+            if size >= LARGE_MODEL:
+                ft_mean, pet = _mean_over(tasks, sorted(tasks))
+                ok = bool((pet >= ft_mean - HIGH_TOL).all())
+                reach.append(ok)
+                ft_part.evidence.append(f"{_m(model, size)}, mean over {len(tasks)} task(s): FT {_pts(ft_mean)}, "
+                                        f"lowest PET {_pts(pet.min())} ({pet.idxmin()}) — "
+                                        f"{'all reach' if ok else 'not all reach'} FT")
+        if len(sizes) < 2:
             continue
-
-        (g0, s0), (g1, s1) = _gap_spread(small, common), _gap_spread(large, common)
+        (m0, t0), (m1, t1) = sizes[min(sizes)], sizes[max(sizes)]
+        common_tasks = sorted(set(t0) & set(t1))
+        if not common_tasks:
+            continue
+        small, large = (m0, *_mean_over(t0, common_tasks)), (m1, *_mean_over(t1, common_tasks))
+        methods = sorted(set(small[2].index) & set(large[2].index))
+        if not methods:
+            continue
+        (g0, s0), (g1, s1) = _gap_spread(small, methods), _gap_spread(large, methods)
         ok = (g1 < g0 or g1 <= HIGH_TOL) and (s1 <= s0 or s1 <= HIGH_TOL)
         holds.append(ok)
         gap_part.evidence.append(
-            f"{task} ({kind}, methods: {', '.join(common)}): {_m(small[0], min(sizes))} worst gap to FT "
-            f"{_pts(g0)}, spread {_pts(s0)} → {_m(large[0], max(sizes))} gap {_pts(g1)}, spread {_pts(s1)} "
+            f"{kind}, mean over {len(common_tasks)} task(s) (methods: {', '.join(methods)}): {_m(m0, min(sizes))} "
+            f"worst gap to FT {_pts(g0)}, spread {_pts(s0)} → {_m(m1, max(sizes))} gap {_pts(g1)}, spread {_pts(s1)} "
             f"— {'holds' if ok else 'does not hold'}"
         )
+    gap_part.evidence.extend(per_task_gap)
+    ft_part.evidence.extend(per_task_ft)
     gap_part.verdict = _all_hold(holds)
     if not holds:
         gap_part.evidence.append("No task has FT and a PET method on 2 or more model sizes of one family.")
@@ -124,6 +149,12 @@ def finding1(data: ReportData) -> Finding:
         largest = data.trials["total_params"].max() if len(data.trials) else 0
         ft_part.evidence.append(f"Largest model with PET and FT results: {human(largest or 0)} parameters.")
     return Finding(1, claim, [gap_part, ft_part])
+
+
+def _mean_over(tasks: dict[str, tuple[float, pd.Series]], names: list[str]) -> tuple[float, pd.Series]:
+    """(FT's mean, each PET method's mean) over ``names``; a method counts if every task has it."""
+    pets = pd.concat([tasks[n][1] for n in names], axis=1)
+    return float(np.mean([tasks[n][0] for n in names])), pets.dropna().mean(axis=1)
 
 
 def _gap_spread(entry: tuple[str, float, pd.Series], methods: list[str]) -> tuple[float, float]:
@@ -141,10 +172,11 @@ def finding2(data: ReportData) -> Finding:
         "in fewer steps than Discrete, at every scale."
     )
     rule_structure = (
-        "For each task, family and matched PET method with APET-Adjacent and APET-Discrete trials on at "
-        "least 2 sizes, the structure gap is the best minus the worst mean score among the structures "
-        "(PET, APET-Adjacent/Discrete per op) present at both the smallest and the largest size. Holds "
-        "if the gap is smaller at the largest size. Supported if it holds in every case."
+        "Judged on the mean over tasks, as the paper's Fig. 5 reports it: for each family and matched PET method "
+        "with APET-Adjacent and APET-Discrete trials on at least 2 sizes, average each structure (PET, "
+        "APET-Adjacent/Discrete per op) over the tasks measured at both the smallest and the largest size; the "
+        "structure gap is the best minus the worst of those means. Holds if the gap is smaller at the largest "
+        "size. Supported if it holds for every family and group; each task's own verdict is listed beneath."
     )
     rule_steps = (
         "Compare mean steps_to_converge (over seeds; trials that never converged are left out) of "
@@ -156,29 +188,40 @@ def finding2(data: ReportData) -> Finding:
 
     frame = structure_frame(data)
     holds: list[bool] = []
+    per_task: list[str] = []
     if not frame.empty:
         stats = seed_stats(frame, ["task", "family", "model", "total_params", "group", "structure"])
-        for (task, kind, group), at in stats.groupby(["task", "family", "group"]):
-            by_size = {
-                size: (model, s.set_index("structure")["mean"])
-                for (size, model), s in at.groupby(["total_params", "model"])
-                if {"adjacent", "discrete"} <= {_dist(x) for x in s["structure"]}
-            }
+        for (kind, group), at in stats.groupby(["family", "group"]):
+            by_size: dict[float, tuple[str, dict[str, pd.Series]]] = {}
+            for (size, model, task), s in at.groupby(["total_params", "model", "task"]):
+                if {"adjacent", "discrete"} <= {_dist(x) for x in s["structure"]}:
+                    by_size.setdefault(size, (model, {}))[1][task] = s.set_index("structure")["mean"]
             if len(by_size) < 2:
                 continue
-            (m0, s0), (m1, s1) = by_size[min(by_size)], by_size[max(by_size)]
+            (m0, t0), (m1, t1) = by_size[min(by_size)], by_size[max(by_size)]
+            tasks = sorted(set(t0) & set(t1))
+            for task in tasks:
+                common = sorted(set(t0[task].index) & set(t1[task].index))
+                if len(common) >= 2:
+                    g0, g1 = _spread(t0[task][common]), _spread(t1[task][common])
+                    per_task.append(f"  {task} ({kind}, ={group}): {_pts(g0)} → {_pts(g1)} — "
+                                    f"{'holds' if g1 < g0 else 'does not hold'}")
+            if not tasks:
+                continue
+            s0 = pd.concat([t0[x] for x in tasks], axis=1).dropna().mean(axis=1)
+            s1 = pd.concat([t1[x] for x in tasks], axis=1).dropna().mean(axis=1)
             common = sorted(set(s0.index) & set(s1.index))
             if len(common) < 2:
                 continue
-            gap0 = s0[common].max() - s0[common].min()
-            gap1 = s1[common].max() - s1[common].min()
+            gap0, gap1 = _spread(s0[common]), _spread(s1[common])
             ok = gap1 < gap0
             holds.append(ok)
             structure.evidence.append(
-                f"{task} ({kind}, ={group}; {', '.join(common)}): structure gap {_pts(gap0)} on "
-                f"{_m(m0, min(by_size))} → {_pts(gap1)} on {_m(m1, max(by_size))} — "
+                f"{kind}, ={group}, mean over {len(tasks)} task(s) ({', '.join(common)}): structure gap {_pts(gap0)} "
+                f"on {_m(m0, min(by_size))} → {_pts(gap1)} on {_m(m1, max(by_size))} — "
                 f"{'holds' if ok else 'does not hold'}"
             )
+    structure.evidence.extend(per_task)
     structure.verdict = _all_hold(holds)
     if not holds:
         structure.evidence.append("No matched APET-Adjacent and APET-Discrete trials on 2 or more sizes of one family.")
@@ -211,6 +254,10 @@ def finding2(data: ReportData) -> Finding:
     else:
         steps.evidence.append("No APET-Adjacent/Discrete pair with steps_to_converge.")
     return Finding(2, claim, [structure, steps])
+
+
+def _spread(scores: pd.Series) -> float:
+    return float(scores.max() - scores.min())
 
 
 def _dist(structure: str) -> str:

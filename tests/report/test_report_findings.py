@@ -140,3 +140,20 @@ def test_finding3_judges_the_high_threshold_on_the_mean_over_tasks_and_the_low_o
     assert any(e.strip().startswith("rte:") and "does not hold" in e for e in high.evidence)
     # low thresholds (chance 0.5 + 5 points): 100 on every task of both models -> the same, across tasks
     assert same.verdict == SUPPORTED and any("on 2 task(s)" in e for e in same.evidence)
+
+
+def test_finding1_judges_the_gaps_on_the_mean_over_tasks_with_each_task_listed(tmp_path: Path) -> None:
+    # sst2: the worst gap to FT closes (10 -> 0 points); rte: it widens a little (2 -> 4 points).
+    # On the mean over the two tasks the gap shrinks (6 -> 2) and the spread too: supported
+    from apet_ray.report.findings import SUPPORTED, finding1
+
+    scores = {("bert-small", "sst2"): (0.90, 0.80, 0.85), ("bert-large", "sst2"): (0.92, 0.92, 0.92),
+              ("bert-small", "rte"): (0.70, 0.68, 0.70), ("bert-large", "rte"): (0.74, 0.70, 0.74)}
+    for (model, task), (ft, bitfit, lora) in scores.items():
+        base = {"model": model, "task": task, "total_params": MODELS[model], "task_type": "SA" if task == "sst2" else "NLI"}
+        for method, score in (("ft", ft), ("bitfit", bitfit), ("lora", lora)):
+            put(tmp_path, trial_row(f"{model}-{task}-{method}", **base, method=method, final_score=score))
+    gap = finding1(_data(tmp_path)).parts[0]
+    assert gap.verdict == SUPPORTED
+    assert any("mean over 2 task(s)" in e and "holds" in e for e in gap.evidence)
+    assert any(e.strip().startswith("rte") and "does not hold" in e for e in gap.evidence)
