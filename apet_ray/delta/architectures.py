@@ -76,7 +76,7 @@ class Family:
     norms_outside_blocks: tuple[str, ...] = ()
     # roles that are linear layers of a block (used by "linear" and by "biases")
     linear_roles: tuple[str, ...] = field(default=())
-    # The paper's BitFit ("paper_biases", SPEC §2 / Table 2): the roles whose linear biases it
+    # The paper's BitFit ("paper_biases", paper.md §2 / Table 2): the roles whose linear biases it
     # trains, linear layers outside the blocks it adds a bias to, and parameter tables it trains
     # whole. Norm biases, where a norm has one, are always in.
     bitfit_roles: tuple[str, ...] = ()

@@ -24,7 +24,7 @@ APET = "apet"
 
 @dataclass(frozen=True)
 class Method:
-    """A PET method as the paper sets it (SPEC §2): an all-ones mask on fixed positions."""
+    """A PET method as the paper sets it (paper.md §2): an all-ones mask on fixed positions."""
 
     name: str  # as in the results tables and on the command line
     label: str  # as in the report's tables and legends
@@ -104,7 +104,7 @@ def order_of(name: str) -> int:
     return names.index(name) if name in names else len(names)
 
 
-# The paper's methods (SPEC §2). FT first: it is every table's reference row.
+# The paper's methods (paper.md §2). FT first: it is every table's reference row.
 register(Method("ft", "FT", op="add", positions=("all",), matchable=False))
 register(Method("prompt", "Prompt", op="concat", positions=("embeddings",), size=100))
 # BitFit as the paper counts it (Table 2); "bitfit_all" is BitFit on every bias there is.

@@ -1,4 +1,4 @@
-"""Judge the paper's four findings (SPEC.md, end) against the results, and say how.
+"""Judge the paper's four findings (docs/paper.md §7) against the results, and say how.
 
 Each finding gets one verdict -- "supported", "not supported" or "not enough data" --
 from a simple rule stated in the text, with the numbers behind it. A finding with several

@@ -25,7 +25,7 @@ from apet_ray.run.loop import train
 from apet_ray.run.record import RunRecord
 
 RAY_ENV = {
-    # ray.train.report blocks ~2 s per call at Ray's default health-check interval (STACK.md)
+    # ray.train.report blocks ~2 s per call at Ray's default health-check interval (docs/cluster.md)
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     # Train V2 copies print() into its log files and echoes it again: progress lines came twice
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
@@ -68,7 +68,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     if local:
         _listen_on_loopback_only()
     # Train V2: a run stopped by ASHA only gives back its CPUs when the dashboard's state
-    # service runs (STACK.md), so the dashboard stays on unless the caller opts out.
+    # service runs (docs/cluster.md), so the dashboard stays on unless the caller opts out.
     ray.init(address=None if local else address, runtime_env={"env_vars": dict(RAY_ENV)},
              log_to_driver=True, configure_logging=True, logging_level="WARNING", **kwargs)
     keep_token_private()

@@ -61,7 +61,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     base_lr, prompt_lr = cfg.learning_rates()
     record = RunRecord(
         config=cfg.to_dict(), model=info.name, kind=info.kind, task=task.name, task_type=task.type,
-        metric=task.metric, random_guess=0.0 if info.kind != Kind.BERT else task.random_guess,  # SPEC §5: generators
+        metric=task.metric, random_guess=0.0 if info.kind != Kind.BERT else task.random_guess,  # paper.md §5: generators
         majority=majority_rate(eval_data.examples) if task.is_classification else None,
         lr=base_lr, strategy="", workers=world, trainable_params=count_trainable(model),
         delta_params=count_deltas(model), total_params=count_backbone(model), requested_params=plan.requested)
@@ -172,7 +172,7 @@ def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
 
 
 def _adamw(named: dict[str, torch.Tensor], base_lr: float, prompt_lr: float, weight_decay: float):
-    """AdamW over the deltas; soft prompts (``prompt.*``) take their own learning rate (SPEC §2)."""
+    """AdamW over the deltas; soft prompts (``prompt.*``) take their own learning rate (paper.md §2)."""
     groups = [{"params": [p for n, p in named.items() if not n.startswith("prompt.")], "lr": base_lr, "base_lr": base_lr},
               {"params": [p for n, p in named.items() if n.startswith("prompt.")], "lr": prompt_lr, "base_lr": prompt_lr}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)

@@ -91,7 +91,7 @@ def custom_task(
     must be given. Without ``eval_path``, ``eval_fraction`` of the rows of ``path`` are
     held out for evaluation (see ``holdout_indices``). The type defaults to ``sa`` for one
     text column, ``nli`` for two, and ``sum`` for generation; it sets the metric and the
-    maximum lengths (SPEC §4-5) unless ``metric``, ``max_input_len`` or ``max_gen_len`` say
+    maximum lengths (paper.md §4-5) unless ``metric``, ``max_input_len`` or ``max_gen_len`` say
     otherwise; ``label_words`` replace the label values as the words T5 emits (a task file's
     settings, see ``tasks.task_file``).
     """

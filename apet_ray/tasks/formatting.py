@@ -1,4 +1,4 @@
-"""T5's text-to-text view of every task (SPEC §4: labels are words).
+"""T5's text-to-text view of every task (paper.md §4: labels are words).
 
 The source names the task and each input column, as T5's own GLUE preprocessing does:
 
@@ -8,7 +8,7 @@ The source names the task and each input column, as T5's own GLUE preprocessing 
     samsum dialogue: ...                  -> <the summary>
 
 A generation maps back to a label id with ``decode_generated``; anything that is not exactly
-one of the label words is -1, which scores as wrong (an untrained T5 sits at 0, SPEC §5).
+one of the label words is -1, which scores as wrong (an untrained T5 sits at 0, paper.md §5).
 """
 
 from __future__ import annotations

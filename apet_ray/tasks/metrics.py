@@ -1,4 +1,4 @@
-"""The paper's three metrics (SPEC §5), all on a 0-1 scale.
+"""The paper's three metrics (paper.md §5), all on a 0-1 scale.
 
 - accuracy for SA, NLI and PI; a prediction of -1 (T5 generated something that is not a
   label word) is simply wrong;

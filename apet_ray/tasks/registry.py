@@ -2,7 +2,7 @@
 
 A ``Task`` says where the data lives (hub dataset and split names, or local files for a
 task the user brings), which columns hold the inputs and the answer, how T5 spells the
-labels, and the lengths and metric the paper uses for it (SPEC §4-5). Everything that
+labels, and the lengths and metric the paper uses for it (paper.md §4-5). Everything that
 reads data, formats it for T5 or scores predictions takes a ``Task``.
 """
 
@@ -16,13 +16,13 @@ TASK_TYPES = ("sa", "nli", "pi", "qa", "sum")
 CLASSIFICATION_TYPES = ("sa", "nli", "pi")
 METRICS = ("accuracy", "f1", "rougeL")
 
-# SPEC §5: accuracy for classification, token F1 for NQ-Open, ROUGE-L for summaries.
+# paper.md §5: accuracy for classification, token F1 for NQ-Open, ROUGE-L for summaries.
 METRIC_OF_TYPE = {"sa": "accuracy", "nli": "accuracy", "pi": "accuracy", "qa": "f1", "sum": "rougeL"}
 
-# SPEC §4: 128 tokens for single-sentence tasks (SA), 256 for the rest.
+# paper.md §4: 128 tokens for single-sentence tasks (SA), 256 for the rest.
 MAX_INPUT_LEN_OF_TYPE = {"sa": 128, "nli": 256, "pi": 256, "qa": 256, "sum": 256}
 
-# SPEC §4 gives 1 for classification, 128 for SAMSum and 64 for Multi-News. It is silent
+# paper.md §4 gives 1 for classification, 128 for SAMSum and 64 for Multi-News. It is silent
 # on NQ-Open; 32 tokens covers practically every gold answer (they are short spans:
 # names, dates, numbers). Custom summarisation tasks get SAMSum's 128.
 MAX_GEN_LEN_OF_TYPE = {"sa": 1, "nli": 1, "pi": 1, "qa": 32, "sum": 128}
@@ -55,7 +55,7 @@ class Task:
     label_column: str | None = None  # classification: integer ids in hub order
     target_column: str | None = None  # generation: answer list (QA) or summary (SUM)
     label_words: tuple[str, ...] = ()  # what T5 emits, index = label id
-    # label id -> unified id for zero-shot transfer (SPEC §7, E5): 0 = negative /
+    # label id -> unified id for zero-shot transfer (paper.md §7, E5): 0 = negative /
     # not-entailment / not-equivalent, 1 = positive / entailment / equivalent, None = no
     # binary meaning (MNLI neutral). Empty for generation tasks.
     unified_label: tuple[int | None, ...] = ()
@@ -118,7 +118,7 @@ class Task:
 
     @property
     def random_guess(self) -> float:
-        """Chance score: 1/#labels for classification, 0 for generation (SPEC §5)."""
+        """Chance score: 1/#labels for classification, 0 for generation (paper.md §5)."""
         return 1.0 / self.num_labels if self.is_classification else 0.0
 
     @property
