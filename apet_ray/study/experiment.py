@@ -19,7 +19,7 @@ from apet_ray.study.trials import sampled_entry, tune_trial_dirname, tune_trial_
 
 
 def tune_trial(config: dict) -> None:
-    """The Tune function trainable: one Ray Train run (Train V2 pattern, STACK.md), or with
+    """The Tune function trainable: one Ray Train run (Train V2 pattern, docs/cluster.md), or with
     ``workers=0`` the training itself, in this trial's process."""
     from ray import tune
 
