@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "apet_ray.commands.tasks",
     "apet_ray.commands.train",
     "apet_ray.commands.report",
+    "apet_ray.commands.predict",
 )
 
 
