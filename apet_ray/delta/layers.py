@@ -1,7 +1,7 @@
 """Frozen layers that host deltas.
 
-``DeltaLinear`` wraps a frozen ``nn.Linear`` and applies, in this order, an Add on its
-weight, an Add on its bias, then its extras (a LowRank beside it, a Plugin after it, a
+``DeltaLinear`` wraps a frozen ``nn.Linear`` and applies, in this order, a delta on its
+weight (add-weight), a vector on its output (add: the bias delta), then its extras (a LowRank beside it, a Plugin after it, a
 registered op's layer) -- any subset. ``AddedParam`` adds a masked delta to any parameter
 of any other module (LayerNorm biases for BitFit, embedding rows) through
 ``torch.func.functional_call``.

@@ -1,7 +1,9 @@
 """The three APET operations, as modules built from masked tensors.
 
-    Add          f(h) + W~1                 a delta on an existing parameter (bias: BitFit;
-                                            weight: sparse fine-tuning)   -> DeltaLinear.weight_delta / AddedParam
+    Add          f(h) + W~1                 a vector on a layer's output (op add: BitFit's
+                                            form)                          -> DeltaLinear.bias_delta / AddedParam
+                 f(h; W + W~1)              a delta on a weight (op add-weight: sparse
+                                            fine-tuning)                   -> DeltaLinear.weight_delta / AddedParam
     Concatenate  f([h ; W~2])               soft tokens before the input  -> PromptTokens
                  f(h) + a * h W~3 W~4       a low-rank pair beside a linear -> LowRank
     Plugin       f(h) + s(f(h) W~5) W~6     a bottleneck after a sub-layer -> Plugin

@@ -8,7 +8,8 @@ particular to a placement kind -- its slots, its largest size, its pair -- comes
 Budget rules
 - The budget (or the matched method's count) is split over every tensor of every
   placement in proportion to the tensor's size, by largest remainder: the sum is exact.
-- Add uses existing parameters, so its capacity is fixed; a larger budget is refused.
+- Add's vectors sit at fixed layer outputs and add-weight's deltas on existing weights, so
+  their capacity is fixed (any budget up to it is exact); a larger budget is refused.
 - Concatenate and Plugin create new weights whose size (prompt length, rank, bottleneck)
   is free: APET picks the smallest size whose new weights hold the budget at about the
   spec's ``density`` (at small budgets the smallest size, so a lower density).
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from apet_ray.delta.architectures import Family, family_of, modules_for_role
+from apet_ray.delta.methods import label_of
 from apet_ray.delta.registry import OPS, PLACEMENT_KINDS, REFUSED, Host, Placement, Slot
 from apet_ray.delta.spec import DeltaSpec, check_budget
 from apet_ray.errors import UserError
@@ -104,16 +106,23 @@ def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[Host]:
     """Every host of every position of the spec: the op's own for a special position,
     its linear kind on each layer of a linear role."""
     op = OPS[spec.op]
+    dead = set()  # layers an APET mask of this op leaves out (registry.Op.dead_roles)
+    if spec.distribution != "full":
+        dead = {p for r in op.dead_roles if r in fam.roles for p in modules_for_role(backbone, fam, r)}
     hosts: list[Host] = []
     for role in spec.positions:
         if role in op.at:
-            hosts += op.at[role](backbone, fam, role, spec)
+            found = op.at[role](backbone, fam, role, spec)
         elif role in REFUSED:
             raise UserError(REFUSED[role].format(op=spec.op, role=role))
         elif op.linear is None:
             raise UserError(f"op {spec.op} takes no linear positions, not {role!r}")
         else:
-            hosts += [Host(op.linear, p) for p in modules_for_role(backbone, fam, role)]
+            found = [Host(op.linear, p) for p in modules_for_role(backbone, fam, role)]
+        kept = [h for h in found if h.path not in dead]
+        if found and not kept:
+            raise UserError(f"{spec.op} at {role!r}: {op.dead_because}")
+        hosts += kept
     if not hosts:
         raise UserError(f"positions {', '.join(spec.positions)} match nothing in this model")
     # a module named twice (fused attention: "query" and "value" are one layer) hosts one delta
@@ -166,10 +175,11 @@ def _allocate(plan: Plan, k: int) -> None:
     slots = [s for p in plan.placements for s in p.slots]
     capacity = sum(s.numel for s in slots)
     if k > capacity:
-        raise UserError(
-            f"budget {k:,} is larger than the capacity of {plan.spec.op} at "
-            f"{', '.join(plan.spec.positions)} on this model ({capacity:,})"
-        )
+        spec = plan.spec
+        whose = f" ({label_of(spec.match)}'s count)" if spec.match else ""
+        hint = f": {OPS[spec.op].too_large}" if OPS[spec.op].too_large else ""
+        raise UserError(f"budget {k:,}{whose} is larger than the capacity of {spec.op} at "
+                        f"{', '.join(spec.positions)} on this model (at most {capacity:,}){hint}")
     # largest remainder: floor shares, then one more to the largest fractional parts
     shares = [k * s.numel // capacity for s in slots]
     rests = sorted(range(len(slots)), key=lambda i: (-(k * slots[i].numel % capacity), i))

@@ -1,10 +1,11 @@
 """The ops, in one place: what each puts where, how large it may grow, how it installs.
 
-An *op* is what a spec names (``add``, ``concat``, ``plugin``). It places one or more
-*placement kinds* -- one per kind of host: Add is a weight delta on a linear layer, a bias
-delta, a delta on any other parameter, or the model's own weights in place; Concatenate
-is a soft prompt at the embeddings or a low-rank pair beside a linear layer; Plugin is a
-bottleneck after one. ``plan`` and ``attach`` read everything kind-specific from here.
+An *op* is what a spec names (``add``, ``add-weight``, ``concat``, ``plugin``). It places
+one or more *placement kinds* -- one per kind of host: Add (the paper's Eq. 14) is a vector
+added to a layer's output (a linear layer's bias delta, a norm's bias delta), or the model's
+own weights in place (full fine-tuning); Add-weight (sparse fine-tuning) is a delta on a
+linear layer's weight or on any other parameter; Concatenate is a soft prompt at the
+embeddings or a low-rank pair beside a linear layer; Plugin is a bottleneck after one. ``plan`` and ``attach`` read everything kind-specific from here.
 
 Adding an op is one ``register`` call and its layer class::
 
@@ -128,6 +129,11 @@ class Op:
     linear: str | None = None  # the kind it puts on each linear layer of a role
     at: Mapping[str, HostFn] = field(default_factory=dict)  # positions that are not linear roles
     match_positions: bool = True  # APET matching a method of this op takes the method's positions
+    too_large: str = ""  # what to do instead, appended to the refusal of a budget above the capacity
+    # roles whose layers an APET (not full) mask of this op leaves out: what it would put there
+    # could never train, with the reason (``plan._hosts``)
+    dead_roles: tuple[str, ...] = ()
+    dead_because: str = ""
 
 
 OPS: dict[str, Op] = {}
@@ -135,7 +141,7 @@ PLACEMENT_KINDS: dict[str, PlacementKind] = {}
 
 # Positions that are not linear roles, for an op with no entry for them in ``Op.at``.
 REFUSED = {
-    "all": "position 'all' is full fine-tuning only; use 'linear' for a masked Add over the weights",
+    "all": "position 'all' is full fine-tuning only; use --op add-weight at 'linear' for a masked delta on the weights",
     "embeddings": "a {op} cannot sit on the input embeddings (use concat for a prompt)",
     "biases": "position {role!r} takes the add op",
     "paper_biases": "position {role!r} takes the add op",
@@ -145,8 +151,8 @@ REFUSED = {
 
 def register(op: Op) -> Op:
     """Add ``op`` and its placement kinds; a kind another op registered must be that same kind."""
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", op.name):
-        raise ValueError(f"op name {op.name!r} must be lower-case letters, digits or _")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*(-[a-z0-9_]+)*", op.name):
+        raise ValueError(f"op name {op.name!r} must be lower-case letters, digits, _ or inner -")
     if op.name in OPS and OPS[op.name] != op:
         raise ValueError(f"op {op.name!r} is registered already, with other settings")
     for kind in op.kinds:
@@ -226,18 +232,48 @@ def _install_in_place(model: nn.Module, p: Placement, spec: Spec, masked: Masked
     model.get_submodule(p.path).requires_grad_(True)  # full masks on the model's own weights: train them
 
 
-register(Op("add", defaults=("linear",), linear="weight", match_positions=False, kinds=(
-    PlacementKind("weight", lambda m, size, param: [Slot("weight_delta", tuple(m.weight.shape), "zeros")],
-                  _install_weight),
-    PlacementKind("bias", lambda m, size, param: [Slot("bias_delta", (m.weight.shape[0],), "zeros")],
-                  _install_bias),
-    PlacementKind("param", lambda m, size, param: [Slot(param, tuple(getattr(m, param).shape), "zeros")],
-                  _install_param),
-    # named_parameters() yields a tied parameter once: it trains (and counts) once
-    PlacementKind("inplace", lambda m, size, param: [Slot(n, tuple(w.shape), "inplace") for n, w in m.named_parameters()],
-                  _install_in_place),
-), at={"all": _in_place, "embeddings": _embedding_rows, "biases": _biases, "paper_biases": _biases,
-       "norm": _norm_weights}))
+# One object per kind, shared by both Add ops: a kind two ops register must be the same kind.
+WEIGHT = PlacementKind("weight", lambda m, size, param: [Slot("weight_delta", tuple(m.weight.shape), "zeros")],
+                       _install_weight)
+BIAS = PlacementKind("bias", lambda m, size, param: [Slot("bias_delta", (m.weight.shape[0],), "zeros")],
+                     _install_bias)
+PARAM = PlacementKind("param", lambda m, size, param: [Slot(param, tuple(getattr(m, param).shape), "zeros")],
+                      _install_param)
+# named_parameters() yields a tied parameter once: it trains (and counts) once
+INPLACE = PlacementKind("inplace", lambda m, size, param: [Slot(n, tuple(w.shape), "inplace")
+                                                           for n, w in m.named_parameters()], _install_in_place)
+
+
+def _weights_only(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> list[Host]:
+    raise UserError(f"the paper's add puts vectors at layer outputs; position {role!r} is a delta on the "
+                    f"{role} weights: use --op add-weight")
+
+
+# The paper's Add (Eq. 14, "similar to BitFit"): f(h) + W~ (.) m, an input-independent vector
+# added to a layer's output. On a linear layer that vector is the layer's (added) bias, so at
+# BitFit's positions it is BitFit, and at any linear role it is one out_features vector per
+# layer; at "biases" also the norms' biases. Its capacity is those vectors' total size
+# (every budget up to it is exact); above it the refusal points to add-weight.
+register(Op("add", defaults=("biases",), linear="bias", match_positions=False,
+            kinds=(BIAS, PARAM, INPLACE),
+            at={"all": _in_place, "biases": _biases, "paper_biases": _biases,
+                "embeddings": _weights_only, "norm": _weights_only},
+            too_large="the paper's add holds one vector per layer output; for a sparse delta on the "
+                      "weights use --op add-weight",
+            # q.(k + b) = q.k + q.b shifts every key's score for one query alike, and softmax
+            # ignores a shift: a vector on a key projection's output has zero gradient. BitFit
+            # (a full mask) still trains and counts those biases, as the paper does.
+            dead_roles=("key", "cross_key"),
+            dead_because="a vector on the key projection's output shifts every attention score of a "
+                         "query alike, which softmax ignores: it can never train"))
+
+# Sparse fine-tuning: f(x; W + W~), a masked delta on a layer's own weight (input-dependent).
+# This was "add" before the paper's form took the name; its numerics, masks and checkpoint keys
+# are that op's.
+register(Op("add-weight", defaults=("linear",), linear="weight", match_positions=False,
+            kinds=(WEIGHT, BIAS, PARAM, INPLACE),
+            at={"all": _in_place, "embeddings": _embedding_rows, "biases": _biases, "paper_biases": _biases,
+                "norm": _norm_weights}))
 
 
 # ---- Concatenate: a prompt, or a low-rank pair ----------------------------------------

@@ -59,9 +59,10 @@ class DeltaSpec:
 
         Default positions: for concat and plugin, the matched method's when it uses the same
         op (so APET differs from it only in its masks and size); otherwise the op's own
-        default (``registry.Op.defaults``). Add always defaults to the linear weights (the
-        authors' BERT variant masked the model's own weights): on BitFit's biases a matched
-        budget would fill every entry.
+        default (``registry.Op.defaults``). Add (the paper's Eq. 14) defaults to every layer
+        output that has or takes a bias (``biases``), add-weight to the linear weights (the
+        authors' BERT variant masked the model's own weights): on BitFit's own positions a
+        matched budget would fill every entry.
         """
         if op not in OPS:
             raise UserError(f"unknown op {op!r} (known: {', '.join(OPS)})")

@@ -40,7 +40,7 @@ def test_t5_v1_1_base_counts(capsys, method, count):
     assert code == 0 and json.loads(out)["trainable_params"] == count
 
 
-@pytest.mark.parametrize("op", ["add", "concat", "plugin"])
+@pytest.mark.parametrize("op", ["add-weight", "concat", "plugin"])
 @pytest.mark.parametrize("dist", ["adjacent", "discrete"])
 def test_xxl_apet_matches_lora_and_hits_8000(capsys, op, dist):
     cfg = str(shared_or_skip("configs", "t5-v1_1-xxl"))

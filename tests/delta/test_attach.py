@@ -61,7 +61,7 @@ def test_zero_initialised_deltas_leave_outputs_unchanged(family, method, batch):
     assert torch.equal(logits(model, batch), before)
 
 
-@pytest.mark.parametrize("op", ["add", "concat", "plugin"])
+@pytest.mark.parametrize("op", ["add-weight", "concat", "plugin"])
 @pytest.mark.parametrize("distribution", ["adjacent", "discrete"])
 def test_apet_zero_init_leaves_outputs_unchanged(op, distribution, batch):
     model = tiny_classifier()
@@ -71,7 +71,7 @@ def test_apet_zero_init_leaves_outputs_unchanged(op, distribution, batch):
 
 
 @pytest.mark.parametrize("family", ["bert", "t5"])
-@pytest.mark.parametrize("op", ["add", "concat", "plugin"])
+@pytest.mark.parametrize("op", ["add-weight", "concat", "plugin"])
 @pytest.mark.parametrize("distribution", ["adjacent", "discrete"])
 @pytest.mark.parametrize("target", [1, 2, 37, 8000, "lora", "adapter", "bitfit", "prompt"])
 def test_apet_hits_the_budget_exactly(family, op, distribution, target):
@@ -91,7 +91,7 @@ def test_apet_hits_the_budget_exactly(family, op, distribution, target):
 def test_apet_adjacent_and_discrete_layouts():
     for distribution, contiguous in (("adjacent", True), ("discrete", False)):
         model = tiny_bert()
-        attach(model, DeltaSpec.apet("add", distribution, budget=600))
+        attach(model, DeltaSpec.apet("add-weight", distribution, budget=600))
         layers = [m for m in model.modules() if isinstance(m, DeltaLinear) and m.weight_delta is not None]
         assert layers and all((m.weight_delta.run_start is not None) == contiguous for m in layers if m.weight_delta.k > 1)
 
@@ -99,7 +99,7 @@ def test_apet_adjacent_and_discrete_layouts():
 def test_same_seed_same_masks_other_seed_other_masks():
     def masks(seed):
         model = tiny_bert()
-        attach(model, DeltaSpec.apet("add", "discrete", budget=500, seed=seed))
+        attach(model, DeltaSpec.apet("add-weight", "discrete", budget=500, seed=seed))
         return [b.clone() for n, b in model.named_buffers() if n.endswith("indices")]
 
     assert all(torch.equal(a, b) for a, b in zip(masks(0), masks(0)))

@@ -16,7 +16,7 @@ def perturb(model):
 
 @pytest.mark.parametrize("spec", [
     DeltaSpec.pet("lora"), DeltaSpec.pet("prompt"), DeltaSpec.pet("bitfit"), DeltaSpec.pet("adapter"),
-    DeltaSpec.apet("add", "discrete", budget=900), DeltaSpec.apet("plugin", "adjacent", match="lora"),
+    DeltaSpec.apet("add-weight", "discrete", budget=900), DeltaSpec.apet("plugin", "adjacent", match="lora"),
 ], ids=lambda s: s.label)
 def test_save_then_load_into_a_fresh_model_reproduces_outputs(spec, batch, tmp_path):
     model = tiny_classifier()
@@ -34,11 +34,11 @@ def test_save_then_load_into_a_fresh_model_reproduces_outputs(spec, batch, tmp_p
 
 def test_loading_restores_the_saved_masks_even_from_another_seed(batch, tmp_path):
     model = tiny_classifier()
-    attach(model, DeltaSpec.apet("add", "discrete", budget=500, seed=1))
+    attach(model, DeltaSpec.apet("add-weight", "discrete", budget=500, seed=1))
     perturb(model)
     path = save_deltas(model, tmp_path / "d.safetensors")
     other = tiny_classifier()
-    attach(other, DeltaSpec.apet("add", "discrete", budget=500, seed=2))
+    attach(other, DeltaSpec.apet("add-weight", "discrete", budget=500, seed=2))
     load_deltas(other, path)
     with torch.no_grad():
         assert torch.equal(other(**batch)["logits"], model(**batch)["logits"])
@@ -46,7 +46,7 @@ def test_loading_restores_the_saved_masks_even_from_another_seed(batch, tmp_path
 
 def test_checkpoint_holds_only_deltas(tmp_path):
     model = tiny_classifier()
-    attach(model, DeltaSpec.apet("add", "discrete", budget=500))
+    attach(model, DeltaSpec.apet("add-weight", "discrete", budget=500))
     size = save_deltas(model, tmp_path / "d.safetensors").stat().st_size
     assert size < 500 * 8 + 66 * 4 + 4096  # fp32 values + int32 indices + head + header
 
@@ -56,7 +56,7 @@ def test_damaged_indices_are_refused_before_anything_is_copied(tmp_path):
     from safetensors.torch import load_file, save_file
 
     model = tiny_classifier()
-    attach(model, DeltaSpec.apet("add", "discrete", budget=500, seed=1))
+    attach(model, DeltaSpec.apet("add-weight", "discrete", budget=500, seed=1))
     path = save_deltas(model, tmp_path / "d.safetensors")
     tensors = load_file(str(path))
     key = next(k for k in tensors if k.endswith(".indices"))
@@ -72,12 +72,12 @@ def test_damaged_indices_are_refused_before_anything_is_copied(tmp_path):
 
 @pytest.mark.parametrize("other", [
     lambda: (tiny_classifier(), DeltaSpec.pet("adapter")),  # other keys
-    lambda: (tiny_classifier(), DeltaSpec.apet("add", "discrete", budget=501)),  # other shapes
+    lambda: (tiny_classifier(), DeltaSpec.apet("add-weight", "discrete", budget=501)),  # other shapes
     lambda: (tiny_seq2seq(), DeltaSpec.pet("lora")),  # other model
 ])
 def test_a_checkpoint_that_does_not_fit_is_refused_whole(other, tmp_path):
     model = tiny_classifier()
-    attach(model, DeltaSpec.apet("add", "discrete", budget=500))
+    attach(model, DeltaSpec.apet("add-weight", "discrete", budget=500))
     path = save_deltas(model, tmp_path / "d.safetensors")
     target, spec = other()
     attach(target, spec)

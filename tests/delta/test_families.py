@@ -57,7 +57,7 @@ def test_pet_counts_match_closed_form(family, method):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("op", ["add", "concat", "plugin"])
+@pytest.mark.parametrize("op", ["add-weight", "concat", "plugin"])
 @pytest.mark.parametrize("distribution", ["adjacent", "discrete"])
 def test_apet_matches_every_method_exactly(family, op, distribution):
     for method in ("lora", "bitfit") + (("adapter",) if op != "concat" else ()):  # q, v at rank 16 hold less
@@ -165,7 +165,7 @@ def test_encoder_counts_and_trains(family, method):
 
 
 @pytest.mark.parametrize("family", sorted(ENCODERS))
-@pytest.mark.parametrize("op", ["add", "concat", "plugin"])
+@pytest.mark.parametrize("op", ["add-weight", "concat", "plugin"])
 @pytest.mark.parametrize("distribution", ["adjacent", "discrete"])
 def test_encoder_apet_matches_every_method_exactly(family, op, distribution):
     for method in ("lora", "bitfit") + (("adapter",) if op != "concat" else ()):
@@ -199,7 +199,7 @@ def _model_and_batch(family: str):
 
 
 @pytest.mark.parametrize("family", FAMILIES + sorted(ENCODERS))
-@pytest.mark.parametrize("op", ["add", "concat", "plugin"])
+@pytest.mark.parametrize("op", ["add-weight", "concat", "plugin"])
 def test_adamw_moves_only_the_masked_values_and_every_counted_entry_trains(family, op):
     model, inputs = _model_and_batch(family)
     model.train()
@@ -223,7 +223,7 @@ def test_adamw_moves_only_the_masked_values_and_every_counted_entry_trains(famil
 
 @pytest.mark.parametrize("family", FAMILIES + sorted(ENCODERS))
 @pytest.mark.parametrize("spec", [DeltaSpec.pet("lora"), DeltaSpec.pet("prompt"), DeltaSpec.pet("bitfit"),
-                                  DeltaSpec.apet("add", "discrete", budget=900)], ids=lambda s: s.label)
+                                  DeltaSpec.apet("add-weight", "discrete", budget=900)], ids=lambda s: s.label)
 def test_save_then_load_reproduces_outputs(family, spec, tmp_path):
     model, inputs = _model_and_batch(family)
     attach(model, spec)
@@ -259,7 +259,7 @@ def test_params_on_a_config_folder_gives_the_exact_counts(family, capsys, tmp_pa
     expected = encoder_count if encoder else closed_form
     for method in ("prompt", "bitfit", "lora", "adapter"):
         assert _params(capsys, tmp_path, "--method", method) == expected(family, method), method
-    for op in ("add", "concat", "plugin"):
+    for op in ("add-weight", "concat", "plugin"):
         for distribution in ("adjacent", "discrete"):
             got = _params(capsys, tmp_path, "--method", "apet", "--op", op, "--distribution", distribution, "--match", "lora")
             assert got == expected(family, "lora"), (op, distribution)

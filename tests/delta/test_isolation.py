@@ -9,7 +9,7 @@ from apet_ray.delta.masked import MaskedTensor
 from support import tiny_classifier
 
 
-@pytest.mark.parametrize("op", ["add", "concat", "plugin"])
+@pytest.mark.parametrize("op", ["add-weight", "concat", "plugin"])
 @pytest.mark.parametrize("distribution", ["adjacent", "discrete"])
 def test_adamw_with_weight_decay_moves_only_the_masked_values(op, distribution, batch):
     model = tiny_classifier().train()

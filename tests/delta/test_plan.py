@@ -62,7 +62,7 @@ def _t5_batch(batch):
 
 
 @pytest.mark.parametrize("family", ["bert", "t5"])
-@pytest.mark.parametrize("op", ["add", "concat", "plugin"])
+@pytest.mark.parametrize("op", ["add-weight", "concat", "plugin"])
 @pytest.mark.parametrize("distribution", ["adjacent", "discrete"])
 @pytest.mark.parametrize("budget", [2, 10, 77, 500, 3000])
 def test_every_counted_entry_gets_a_gradient_from_a_non_zero_state(family, op, distribution, budget, batch):

@@ -106,8 +106,8 @@ def test_an_op_refuses_positions_it_has_no_kind_for(scale_op):
 def test_unregistering_leaves_the_builtin_ops():
     register(SCALE)
     unregister("scale")
-    assert list(OPS) == ["add", "concat", "plugin"]
-    assert list(PLACEMENT_KINDS) == ["weight", "bias", "param", "inplace", "prompt", "lowrank", "plugin"]
+    assert list(OPS) == ["add", "add-weight", "concat", "plugin"]
+    assert list(PLACEMENT_KINDS) == ["bias", "param", "inplace", "weight", "prompt", "lowrank", "plugin"]
     with pytest.raises(UserError, match="unknown op 'scale'"):
         DeltaSpec.apet("scale", budget=5)
 
