@@ -28,7 +28,8 @@ ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 class LowRank(nn.Module):
     """Concatenate, low-rank form: ``scale * (x @ A~^T) @ B~^T`` (peft's lora_A/lora_B layout).
 
-    ``scale`` is alpha / rank, as in peft and loralib, so LoRA(r=8, alpha=16) matches them.
+    ``scale`` is alpha / rank, as in peft and loralib, so LoRA(r=8, alpha=16) matches them;
+    APET's pairs keep LoRA's 2.0 at any rank (``registry.lowrank_scale``).
     """
 
     def __init__(self, A: MaskedTensor | None, B: MaskedTensor | None, scale: float):

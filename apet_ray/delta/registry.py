@@ -298,10 +298,22 @@ def _lowrank_slots(m: nn.Module, size: int | None, param: str | None) -> list[Sl
     return [Slot("A", (size, in_f), "kaiming"), Slot("B", (out_f, size), "zeros")]
 
 
+# LoRA's rank (SPEC §2): APET's low-rank pairs train at LoRA's scale alpha / 8 (16 / 8 = 2.0).
+LOWRANK_REFERENCE_RANK = 8
+
+
+def lowrank_scale(spec: Spec, size: int) -> float:
+    """alpha / r. A PET method's r is its own rank. APET's is LoRA's whatever rank its budget
+    and density pick, as the release scales its APET modules: at alpha / size, APET matched to
+    LoRA (rank 16 at density 0.5) trained at 1.0 against LoRA's 2.0, and matched to the adapter
+    (rank 49) at 0.33 -- a smaller effective learning rate, not a different structure."""
+    return spec.alpha / (LOWRANK_REFERENCE_RANK if spec.method == "apet" else size)
+
+
 def _install_lowrank(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
     layer = wrap(model, p.path, DeltaLinear)
     made = masked(layer.base.weight)
-    layer.add_extra("lowrank", LowRank(made["A"], made["B"], scale=spec.alpha / p.size))
+    layer.add_extra("lowrank", LowRank(made["A"], made["B"], scale=lowrank_scale(spec, p.size)))
 
 
 register(Op("concat", defaults=("query", "value"), linear="lowrank", kinds=(

@@ -32,7 +32,7 @@ class DeltaSpec:
     match: str | None = None  # take the budget from this PET method on the same model
     size: int | None = None
     density: float = 0.5  # target fraction of a new weight's entries that train (APET concat/plugin)
-    alpha: float = 16.0  # low-rank scale numerator (scale = alpha / rank)
+    alpha: float = 16.0  # low-rank scale numerator: alpha / rank, for APET alpha / 8 (LoRA's r; registry.lowrank_scale)
     activation: str = "relu"  # plugin non-linearity
     seed: int = 0
 
