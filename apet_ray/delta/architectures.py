@@ -82,6 +82,11 @@ class Family:
     bitfit_roles: tuple[str, ...] = ()
     bitfit_linears: tuple[str, ...] = ()
     bitfit_tables: tuple[str, ...] = ()
+    # attention modules BitFit gives a new zero-initialised relative-position table
+    # (layers.CrossPositionBias), and the rows of a bitfit_linears bias when fewer than the
+    # layer's outputs (the rest stay without one), from the backbone's config
+    bitfit_new_tables: Callable[[nn.Module], list[str]] | None = None
+    bitfit_linear_rows: Callable[[object], int | None] | None = None
     # model type -> rows at the start of the position table that no token uses (RoBERTa-style
     # encoders reserve padding_idx + 1 = 2): the input may use max_position_embeddings - this
     position_offsets: dict[str, int] = field(default_factory=dict)
@@ -114,6 +119,9 @@ BERT = Family(
     bitfit_roles=_PAPER_BITFIT,
     position_offsets={"roberta": 2, "xlm-roberta": 2},
 )
+
+# config vocab_size -> the tokenizer's length, where the release resized the LM head to it
+T5_TOKENIZER_ROWS = {32128: 32100}
 
 T5 = Family(
     name="t5",
@@ -152,6 +160,12 @@ T5 = Family(
         "encoder.block.0.layer.0.SelfAttention.relative_attention_bias",
         "decoder.block.0.layer.0.SelfAttention.relative_attention_bias",
     ),
+    # ... and its decoder cross-attentions all have a table (has_relative_attention_bias=True),
+    bitfit_new_tables=lambda backbone: [f"decoder.block.{i}.layer.1.EncDecAttention"
+                                        for i in range(len(backbone.decoder.block))],
+    # and resize_token_embeddings(len(tokenizer)) makes the LM head, so its bias, 32,100 rows:
+    # T5's 32,000 pieces + 100 sentinels, not the config's 32,128 (padded to a multiple of 128)
+    bitfit_linear_rows=lambda config: T5_TOKENIZER_ROWS.get(getattr(config, "vocab_size", None)),
 )
 
 # MPNet (all-mpnet-base-v2): BERT-shaped blocks under other names, no token types.
@@ -322,7 +336,8 @@ GROUP_ROLES = {
     "linear": "every linear layer of every block (attention, cross-attention, feed-forward)",
     "biases": "every bias term of linear layers (added, zero-initialised, where missing) and of norms that have one",
     "paper_biases": "the bias terms the paper's BitFit trains (BERT: all but the FFN's first layer; "
-                    "T5: every linear layer's incl. the LM head, and the relative-position tables)",
+                    "T5: every linear layer's incl. the LM head over the tokenizer's rows, the relative-position "
+                    "tables and one new table per decoder cross-attention, as the release)",
     "embeddings": "the input token embeddings (a prompt is prepended here)",
     "all": "every parameter of the backbone (full fine-tuning)",
 }

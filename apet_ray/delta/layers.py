@@ -4,7 +4,8 @@
 weight (add-weight), a vector on its output (add: the bias delta), then its extras (a LowRank beside it, a Plugin after it, a
 registered op's layer) -- any subset. ``AddedParam`` adds a masked delta to any parameter
 of any other module (LayerNorm biases for BitFit, embedding rows) through
-``torch.func.functional_call``.
+``torch.func.functional_call``. ``CrossPositionBias`` gives a T5 cross-attention the
+relative-position table the release's BitFit trains.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ class DeltaLinear(nn.Module):
         else:
             y = F.linear(x, weight, bias)
         if self.bias_delta is not None:
-            y = y + self.bias_delta().to(y.dtype)
+            b = self.bias_delta().to(y.dtype)
+            if b.shape[-1] < y.shape[-1]:  # T5's LM-head bias covers the tokenizer's rows, not the padding
+                b = F.pad(b, (0, y.shape[-1] - b.shape[-1]))
+            y = y + b
         for name in self.extras:
             y = getattr(self, name)(x, y)
         return y
@@ -93,3 +97,50 @@ class AddedParam(nn.Module):
     def forward(self, *args, **kwargs):
         params = {name: getattr(self.base, name) + delta() for name, delta in self.deltas.items()}
         return functional_call(self.base, params, args, kwargs)
+
+
+class CrossPositionBias(nn.Module):
+    """A relative-position table added to a T5 cross-attention that has none (the release's
+    ``modeling_t5.py`` gives every decoder cross-attention one, and BitFit trains them).
+
+    Each layer adds its own table's bias to its scores, as HF's ``T5Attention.compute_bias``
+    makes it (decoder side: unidirectional buckets of key position minus query position).
+    HF itself computes a cross-attention bias only in the first layer and hands that one on,
+    so in the release the 23 later tables of T5-XXL are counted but never used (zero
+    gradient); here every table is used, and what this layer hands on to the next is the
+    bias it received, without its own. Zero-initialised: attaching leaves outputs unchanged.
+    """
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        self.relative_attention_bias: MaskedTensor | None = None
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # layer_idx, n_heads, ... as the attention had them
+            return getattr(super().__getattr__("base"), name)
+
+    def bias(self, query_length: int, key_length: int, past: int, device: torch.device) -> torch.Tensor:
+        base = self.base
+        context = torch.arange(query_length, device=device)[:, None] + past
+        memory = torch.arange(key_length, device=device)[None, :]
+        buckets = base._relative_position_bucket(memory - context, bidirectional=not base.is_decoder,
+                                                 num_buckets=base.relative_attention_num_buckets,
+                                                 max_distance=base.relative_attention_max_distance)
+        table = self.relative_attention_bias().to(device)
+        return table[buckets].permute(2, 0, 1).unsqueeze(0)  # (1, heads, query, key)
+
+    def forward(self, hidden_states, mask=None, key_value_states=None, position_bias=None, cache=None, **kwargs):
+        if self.relative_attention_bias is None or key_value_states is None:
+            return self.base(hidden_states, mask=mask, key_value_states=key_value_states,
+                             position_bias=position_bias, cache=cache, **kwargs)
+        q = hidden_states.shape[1]
+        # the decoder's self-attention cache already holds this step's q tokens
+        past = max(int(cache.get_seq_length(self.base.layer_idx)) - q, 0) if cache is not None else 0
+        own = self.bias(q, key_value_states.shape[1], past, hidden_states.device).to(hidden_states.dtype)
+        given = position_bias if position_bias is not None else torch.zeros_like(own)
+        out = self.base(hidden_states, mask=mask, key_value_states=key_value_states, position_bias=given + own,
+                        cache=cache, **kwargs)
+        return (out[0], given, *out[2:])

@@ -26,6 +26,7 @@ Budget rules
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -137,6 +138,8 @@ def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[Host]:
 def _placement(backbone: nn.Module, host: Host, path: str, size: int | None) -> Placement:
     kind = PLACEMENT_KINDS[host.kind]
     slots = kind.slots(backbone.get_submodule(host.path), size, host.param)
+    if host.rows is not None:  # a vector over fewer rows than the layer's outputs
+        slots = [dataclasses.replace(s, shape=(host.rows,)) for s in slots]
     return Placement(host.kind, path, slots, size=size if kind.max_size is not None else None, param=host.param)
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from apet_ray.delta.architectures import Family, has_module, modules_for_role
-from apet_ray.delta.layers import AddedParam, DeltaLinear, wrap
+from apet_ray.delta.layers import AddedParam, CrossPositionBias, DeltaLinear, wrap
 from apet_ray.delta.masked import MaskedTensor
 from apet_ray.delta.ops import LowRank, Plugin, PromptTokens
 from apet_ray.errors import UserError
@@ -58,6 +58,7 @@ class Host(NamedTuple):
     kind: str
     path: str
     param: str | None = None  # which parameter of the module (kind "param")
+    rows: int | None = None  # a vector slot's length when shorter than the kind's (T5's LM-head bias)
 
 
 @dataclass(frozen=True)
@@ -196,14 +197,17 @@ def _biases(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> list[Hos
     paper = role == "paper_biases"
     roles = fam.bitfit_roles if paper else fam.linear_roles
     linears = [p for r in roles for p in modules_for_role(backbone, fam, r)]
-    if paper:
-        linears += [p for p in fam.bitfit_linears if has_module(backbone, p)]
     hosts = [Host("bias", p) for p in linears]
+    if paper:
+        rows = fam.bitfit_linear_rows(backbone.config) if fam.bitfit_linear_rows else None
+        hosts += [Host("bias", p, rows=rows) for p in fam.bitfit_linears if has_module(backbone, p)]
     for path in modules_for_role(backbone, fam, "norm") + list(fam.norms_outside_blocks):
         if getattr(backbone.get_submodule(path), "bias", None) is not None:  # T5's RMS norms have none
             hosts.append(Host("param", path, "bias"))
     if paper:
         hosts += [Host("param", p, "weight") for p in fam.bitfit_tables if has_module(backbone, p)]
+        # last: wrapping an attention module moves its linear layers' paths under it
+        hosts += [Host("table", p) for p in (fam.bitfit_new_tables(backbone) if fam.bitfit_new_tables else ())]
     return hosts
 
 
@@ -232,6 +236,15 @@ def _install_in_place(model: nn.Module, p: Placement, spec: Spec, masked: Masked
     model.get_submodule(p.path).requires_grad_(True)  # full masks on the model's own weights: train them
 
 
+def _table_slots(m: nn.Module, size: int | None, param: str | None) -> list[Slot]:
+    return [Slot("relative_attention_bias", (m.relative_attention_num_buckets, m.n_heads), "zeros")]
+
+
+def _install_table(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
+    layer = wrap(model, p.path, CrossPositionBias)
+    layer.relative_attention_bias = masked(layer.base.q.weight)["relative_attention_bias"]
+
+
 # One object per kind, shared by both Add ops: a kind two ops register must be the same kind.
 WEIGHT = PlacementKind("weight", lambda m, size, param: [Slot("weight_delta", tuple(m.weight.shape), "zeros")],
                        _install_weight)
@@ -239,6 +252,8 @@ BIAS = PlacementKind("bias", lambda m, size, param: [Slot("bias_delta", (m.weigh
                      _install_bias)
 PARAM = PlacementKind("param", lambda m, size, param: [Slot(param, tuple(getattr(m, param).shape), "zeros")],
                       _install_param)
+# a relative-position table a T5 cross-attention did not have (BitFit as the release counts it)
+TABLE = PlacementKind("table", _table_slots, _install_table)
 # named_parameters() yields a tied parameter once: it trains (and counts) once
 INPLACE = PlacementKind("inplace", lambda m, size, param: [Slot(n, tuple(w.shape), "inplace")
                                                            for n, w in m.named_parameters()], _install_in_place)
@@ -255,7 +270,7 @@ def _weights_only(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> li
 # layer; at "biases" also the norms' biases. Its capacity is those vectors' total size
 # (every budget up to it is exact); above it the refusal points to add-weight.
 register(Op("add", defaults=("biases",), linear="bias", match_positions=False,
-            kinds=(BIAS, PARAM, INPLACE),
+            kinds=(BIAS, PARAM, TABLE, INPLACE),
             at={"all": _in_place, "biases": _biases, "paper_biases": _biases,
                 "embeddings": _weights_only, "norm": _weights_only},
             too_large="the paper's add holds one vector per layer output; for a sparse delta on the "
@@ -271,7 +286,7 @@ register(Op("add", defaults=("biases",), linear="bias", match_positions=False,
 # This was "add" before the paper's form took the name; its numerics, masks and checkpoint keys
 # are that op's.
 register(Op("add-weight", defaults=("linear",), linear="weight", match_positions=False,
-            kinds=(WEIGHT, BIAS, PARAM, INPLACE),
+            kinds=(WEIGHT, BIAS, PARAM, TABLE, INPLACE),
             at={"all": _in_place, "embeddings": _embedding_rows, "biases": _biases, "paper_biases": _biases,
                 "norm": _norm_weights}))
 
