@@ -32,6 +32,7 @@ class Method:
     positions: tuple[str, ...]
     size: int | None = None  # prompt length, rank or bottleneck; None for add
     alpha: float = 16.0  # low-rank scale numerator (concat)
+    activation: str = "relu"  # the bottleneck's non-linearity (plugin)
     matchable: bool = True  # APET may take this method's count (FT's is not a PET budget)
 
 
@@ -110,5 +111,6 @@ register(Method("prompt", "Prompt", op="concat", positions=("embeddings",), size
 # BitFit as the paper counts it (Table 2); "bitfit_all" is BitFit on every bias there is.
 register(Method("bitfit", "BitFit", op="add", positions=("paper_biases",)))
 register(Method("lora", "LoRA", op="concat", positions=("query", "value"), size=8, alpha=16.0))
-register(Method("adapter", "Adapter", op="plugin", positions=("attn_out", "ffn_out"), size=24))
+# the release's adapter: gelu_new between the projections
+register(Method("adapter", "Adapter", op="plugin", positions=("attn_out", "ffn_out"), size=24, activation="gelu_new"))
 register(Method("bitfit_all", "BitFit (all biases)", op="add", positions=("biases",)))

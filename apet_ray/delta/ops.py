@@ -22,7 +22,8 @@ from torch import nn
 
 from apet_ray.delta.masked import MaskedTensor
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+# gelu_new: GELU's tanh approximation, the release's adapter activation (HF's name for it)
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
 
 
 class LowRank(nn.Module):

@@ -41,7 +41,8 @@ class DeltaSpec:
     def pet(method: str, seed: int = 0) -> "DeltaSpec":
         """A registered PET method with its preset settings (``delta.methods``)."""
         m = get_method(method)
-        return DeltaSpec(method=m.name, op=m.op, positions=m.positions, size=m.size, alpha=m.alpha, seed=seed).validated()
+        return DeltaSpec(method=m.name, op=m.op, positions=m.positions, size=m.size, alpha=m.alpha,
+                         activation=m.activation, seed=seed).validated()
 
     @staticmethod
     def apet(
@@ -66,15 +67,14 @@ class DeltaSpec:
         """
         if op not in OPS:
             raise UserError(f"unknown op {op!r} (known: {', '.join(OPS)})")
+        matched = DeltaSpec.pet(match) if match is not None and match in matchable_methods() else None
+        twin = matched is not None and matched.op == op  # the PET method APET differs from only in masks
         if positions is None:
-            matched = DeltaSpec.pet(match) if match is not None and match in matchable_methods() else None
-            if matched is not None and matched.op == op and OPS[op].match_positions:
-                positions = matched.positions
-            else:
-                positions = OPS[op].defaults
+            positions = matched.positions if twin and OPS[op].match_positions else OPS[op].defaults
         return DeltaSpec(
             method="apet", op=op, positions=tuple(positions), distribution=distribution, budget=budget,
             match=match, size=size, density=density, seed=seed,
+            activation=matched.activation if twin else DeltaSpec.activation,
         ).validated()
 
     @staticmethod
