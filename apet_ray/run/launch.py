@@ -160,12 +160,15 @@ def make_trainer(cfg: TrainConfig, storage_path: str, name: str, max_failures: i
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from apet_ray.run.process_group import BoundTorchConfig
+
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     return TorchTrainer(
         train_worker,
         train_loop_config={"train": cfg.to_dict(), "threads": max(1, int(cpus_per_worker))},
+        torch_config=BoundTorchConfig(),  # the rendezvous store listens on the master's address only
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
