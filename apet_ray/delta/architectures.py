@@ -340,6 +340,8 @@ GROUP_ROLES = {
                     "tables and one new table per decoder cross-attention, as the release)",
     "embeddings": "the input token embeddings (a prompt is prepended here)",
     "all": "every parameter of the backbone (full fine-tuning)",
+    "any": "whole backbone tensors at random, half where the matched method sits, the last one masked "
+           "to the exact budget (add-weight; delta/anywhere.py)",
 }
 
 

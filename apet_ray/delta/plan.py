@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from apet_ray.delta import anywhere
+from apet_ray.delta.anywhere import ANY
 from apet_ray.delta.architectures import Family, family_of, modules_for_role
 from apet_ray.delta.methods import label_of
 from apet_ray.delta.registry import OPS, PLACEMENT_KINDS, REFUSED, Host, Placement, Slot
@@ -75,7 +77,10 @@ def make_plan(model: nn.Module, spec: DeltaSpec) -> Plan:
     if spec.match is not None:
         requested = make_plan(model, DeltaSpec.pet(spec.match)).count
     plan = Plan(spec=spec, family=fam, requested=requested)
-    hosts = _hosts(backbone, fam, spec)
+    if ANY in spec.positions:  # whole tensors at random, each with its count (anywhere.py)
+        hosts = anywhere.hosts(backbone, fam, spec, check_budget(requested))
+    else:
+        hosts = _hosts(backbone, fam, spec)
 
     size = None
     sized = [h for h in hosts if PLACEMENT_KINDS[h.kind].max_size is not None]
@@ -94,6 +99,9 @@ def make_plan(model: nn.Module, spec: DeltaSpec) -> Plan:
         for p in plan.placements:
             for s in p.slots:
                 s.k = s.numel
+    elif all(h.k is not None for h in hosts):  # counted by the hosts themselves (one slot each)
+        for p, h in zip(plan.placements, hosts):
+            p.slots[0].k = h.k
     else:
         _allocate(plan, requested)
         if spec.distribution == "adjacent":

@@ -59,6 +59,7 @@ class Host(NamedTuple):
     path: str
     param: str | None = None  # which parameter of the module (kind "param")
     rows: int | None = None  # a vector slot's length when shorter than the kind's (T5's LM-head bias)
+    k: int | None = None  # a preset count (position "any" picks its tensors and counts itself)
 
 
 @dataclass(frozen=True)
