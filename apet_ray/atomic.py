@@ -3,7 +3,9 @@
 Everything the project writes goes through ``replacing``: the content goes to a hidden temp
 file beside the target, is fsynced, and ``os.replace`` puts it in place, so a crash, a full
 disk or Ctrl-C leaves the old file or the new one -- never a torn one. Readers skip the
-temp files (they start with "." and end in ".tmp").
+temp files (they start with "." and end in ".tmp"). What lands has the permissions the
+user's umask gives a new file (temp files are created 0600), so results on shared storage
+stay readable to collaborators.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def replacing(path: str | Path):
         yield Path(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,18 +51,39 @@ def copy_file(src: str | Path, dst: str | Path) -> None:
 
 
 def copy_folder(src: str | Path, dst: str | Path) -> None:
-    """``dst`` becomes a copy of ``src``: built beside it under a temp name, then renamed."""
+    """``dst`` becomes a copy of ``src``: built beside it under a temp name, then renamed in;
+    an old ``dst`` is moved aside first and deleted only once the new one is in place."""
     dst = Path(dst)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}.tmp")
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
+        os.chmod(tmp, 0o777 & ~umask())
         if dst.exists():
-            shutil.rmtree(dst)
+            os.replace(dst, old)
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not dst.exists():
+            os.replace(old, dst)  # put the old copy back
         raise
     fsync_dir(dst.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it to read it, which
+    would race with other threads' files)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)  # no /proc (macOS): the set-and-restore fallback
+    os.umask(current)
+    return current
 
 
 def fsync_dir(folder: Path) -> None:
@@ -79,54 +103,51 @@ def fsync_dir(folder: Path) -> None:
 # ---- one study per results folder -------------------------------------------------------------
 
 LOCK = ".apet-ray.lock"
+_HELD: dict[str, list] = {}  # lock path -> [open file, depth]: this process's locks, re-entrant
 
 
 @contextmanager
 def owning(folder: str | Path, study: str):
-    """Hold ``folder`` for ``study`` while the block runs: a second study pointed at it is
-    refused in one line; a lock left by a process that is gone (this host) is taken over.
-    The same process may enter again (a script that runs several studies in turn)."""
+    """Hold ``folder`` for ``study`` while the block runs, with an OS lock (``flock``) on its
+    lock file: a second study or train run pointed at it is refused in one line, and a lock
+    whose process died is free again by itself (the kernel drops it), so two processes can
+    never both take over a stale one. The same process may enter again (a script that runs
+    several studies in turn). The file stays; its text only names the holder for messages."""
+    import fcntl
+
     lock = Path(folder) / LOCK
-    mine = {"pid": os.getpid(), "host": socket.gethostname(), "study": study, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    held_before = False
-    while True:
+    key = str(lock.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _read_lock(lock)
-            if owner.get("pid") == os.getpid() and owner.get("host") == mine["host"]:
-                held_before = True
-                break
-            if owner.get("host") == mine["host"] and not _alive(owner.get("pid")):
-                lock.unlink(missing_ok=True)  # its owner died without letting go
-                continue
-            raise UserError(f"{folder} is in use by study {owner.get('study', '?')} (pid {owner.get('pid', '?')} on "
-                            f"{owner.get('host', '?')} since {owner.get('since', '?')}): wait for it to end, or use "
-                            f"another --results (remove {lock} only if that process is gone)") from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(mine, fh)
-        break
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fh = open(lock, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = _read_lock(lock)
+        fh.close()
+        raise UserError(f"{folder} is in use by {owner.get('study', 'another run')} (pid {owner.get('pid', '?')} on "
+                        f"{owner.get('host', '?')} since {owner.get('since', '?')}): wait for it to end, or use "
+                        "another folder") from None
+    fh.seek(0)
+    fh.truncate()
+    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "study": study,
+               "since": time.strftime("%Y-%m-%d %H:%M:%S")}, fh)
+    fh.flush()
+    _HELD[key] = [fh, 1]
     try:
         yield
     finally:
-        if not held_before:
-            lock.unlink(missing_ok=True)
+        del _HELD[key]
+        fh.close()  # releases the lock
 
 
 def _read_lock(lock: Path) -> dict:
     try:
         return json.loads(lock.read_text())
     except (OSError, ValueError):
-        return {}  # torn or unreadable: treated as held by an unknown owner
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return {}  # torn or unreadable: its holder is unknown

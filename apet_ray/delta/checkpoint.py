@@ -9,7 +9,6 @@ that does not fit the model is refused whole, never half-loaded.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from apet_ray.atomic import replacing
 from apet_ray.delta.attach import trainable_state_dict
 from apet_ray.delta.masked import MaskedTensor
 from apet_ray.delta.spec import DeltaSpec
@@ -34,14 +34,8 @@ def save_deltas(model: nn.Module, path: str | os.PathLike, metadata: dict[str, s
     tensors = {k: _compact(k, v.detach().to("cpu").contiguous()) for k, v in state.items()}
     meta = {"format": FORMAT, "spec": model.apet_spec.to_json(), **(metadata or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replacing(path) as tmp:  # fsynced before the rename, with the umask's permissions
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

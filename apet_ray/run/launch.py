@@ -67,6 +67,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     kwargs = dict(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1") if local else {}
     if local:
         _listen_on_loopback_only()
+        create_private_token()  # before Ray starts: Ray would write it world-readable first
     # Train V2: a run stopped by ASHA only gives back its CPUs when the dashboard's state
     # service runs (docs/cluster.md), so the dashboard stays on unless the caller opts out.
     ray.init(address=None if local else address, runtime_env={"env_vars": dict(RAY_ENV)},
@@ -74,11 +75,40 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     keep_token_private()
 
 
+def _token_path() -> Path:
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def create_private_token(path: str | os.PathLike[str] | None = None) -> None:
+    """Ray 2.60 writes a missing auth token 0644 (in a 0755 ``~/.ray``) and only then could it be
+    made private: generate it here first, 0600 from its first byte (a folder made for it is 0700).
+    An existing token is made private; with ``RAY_AUTH_MODE=disabled`` nothing is created."""
+    token = Path(path) if path else _token_path()
+    if token.exists():
+        keep_token_private(token)
+        return
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    try:
+        token.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it meanwhile
+        keep_token_private(token)
+        return
+    except OSError as exc:  # a home we cannot write: Ray will say so itself
+        logging.getLogger(__name__).warning("could not create %s (%s)", token, exc.strerror or exc)
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(generate_new_authentication_token())
+
+
 def keep_token_private(path: str | os.PathLike[str] | None = None) -> None:
     """Make Ray's auth token file readable by its owner only (Ray 2.60 writes it 0644): the
     token is the key to the cluster. ``path``: default ``RAY_AUTH_TOKEN_PATH`` or
     ``~/.ray/auth_token``, where Ray reads it."""
-    token = Path(path or os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    token = Path(path) if path else _token_path()
     try:
         if token.is_file() and token.stat().st_mode & 0o077:
             token.chmod(0o600)

@@ -59,3 +59,20 @@ def test_token_file_made_private(tmp_path):
     keep_token_private(token)
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     keep_token_private(tmp_path / "missing")  # nothing to do, no error
+
+
+def test_a_missing_token_is_created_private_before_ray_starts(tmp_path, monkeypatch):
+    from apet_ray.run.launch import create_private_token
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    token = tmp_path / "home" / ".ray" / "auth_token"
+    create_private_token(token)
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    assert len(token.read_text()) >= 32
+    before = token.read_text()
+    token.chmod(0o644)
+    create_private_token(token)  # an existing token is kept, made private
+    assert token.read_text() == before and stat.S_IMODE(token.stat().st_mode) == 0o600
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    create_private_token(tmp_path / "none" / "auth_token")
+    assert not (tmp_path / "none").exists()
