@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -349,9 +350,28 @@ def _plugin_slots(m: nn.Module, size: int | None, param: str | None) -> list[Slo
             Slot("up", (d, size), "zeros"), Slot("up_bias", (d,), "zeros")]
 
 
+RELEASE_PLUGIN_STD = 0.01  # the release's adapter projections start as N(0, 0.01)
+
+
+def _release_init(made: dict[str, MaskedTensor | None], spec: Spec, path: str) -> None:
+    """Both projections drawn from N(0, 0.01) (spec.plugin_init "release"), seeded per tensor
+    as attach seeds every other init: the same spec gives the same values. Unlike the
+    default (a zero up projection) the adapter then moves the outputs slightly at once."""
+    for name in ("down", "up"):
+        m = made[name]
+        if m is None or m.values.is_meta:
+            continue
+        gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + zlib.crc32(f"{path}/{name}/normal".encode()))
+        dense = torch.randn(m.shape, generator=gen) * RELEASE_PLUGIN_STD
+        with torch.no_grad():
+            m.values.copy_(dense.view(-1)[m.indices.cpu()].to(m.values))
+
+
 def _install_plugin(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
     layer = wrap(model, p.path, DeltaLinear)
     made = masked(layer.base.weight)
+    if spec.plugin_init == "release":
+        _release_init(made, spec, p.path)
     layer.add_extra("plugin", Plugin(made["down"], made["down_bias"], made["up"], made["up_bias"], p.size,
                                      spec.activation))
 

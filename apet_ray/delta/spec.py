@@ -16,6 +16,9 @@ from apet_ray.delta.methods import APET, OPS, display_label, get_method, label_o
 from apet_ray.errors import UserError
 
 DISTRIBUTIONS = ("full", "adjacent", "discrete")
+PLUGIN_INITS = ("kaiming", "release")
+# fields added after specs were first stored, with their defaults (left out of to_json there)
+_LATER_FIELDS = {"plugin_init": "kaiming"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class DeltaSpec:
     alpha: float = 16.0  # low-rank scale numerator: alpha / rank, for APET alpha / 8 (LoRA's r; registry.lowrank_scale)
     activation: str = "relu"  # plugin non-linearity
     seed: int = 0
+    # plugin projections: "kaiming" (down kaiming-uniform as peft, up zero: outputs unchanged at
+    # attach) or "release" (both N(0, 0.01), the release's adapter: the paper's values)
+    plugin_init: str = "kaiming"
 
     # ---- constructors -------------------------------------------------------------
     @staticmethod
@@ -125,11 +131,17 @@ class DeltaSpec:
             raise UserError(f"size must be a positive integer, not {self.size!r}")
         if not 0.0 < self.density <= 1.0:
             raise UserError(f"density must be in (0, 1], not {self.density}")
+        if self.plugin_init not in PLUGIN_INITS:
+            raise UserError(f"unknown plugin init {self.plugin_init!r} (known: {', '.join(PLUGIN_INITS)})")
         return self
 
     # ---- serialisation (stored in checkpoints and results) --------------------------
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        for name, default in _LATER_FIELDS.items():  # at its default a later field is left out: the
+            if data[name] == default:  # JSON, so every trial id made from it, stays what it was
+                del data[name]
+        return json.dumps(data, sort_keys=True)
 
     @staticmethod
     def from_json(text: str) -> "DeltaSpec":
