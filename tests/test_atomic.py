@@ -86,11 +86,19 @@ def test_written_files_and_folders_take_the_umasks_permissions(tmp_path, mask, m
 def test_resume_takes_the_newest_complete_checkpoint(tmp_path):
     from apet_ray.commands.train import _checkpoints
 
-    for step, complete in ((5, True), (10, True), (15, False)):  # step-15: cut off before its state.json
+    import torch
+    from safetensors.torch import save_file
+
+    # step-15: cut off before its state.json; step-20: its optimizer file torn (a header that lies)
+    for step, state, torn in ((5, True, False), (10, True, False), (15, False, False), (20, True, True)):
         folder = tmp_path / f"step-{step}"
         folder.mkdir()
-        (folder / "deltas.safetensors").write_bytes(b"x")
-        if complete:
+        for name in ("deltas", "optimizer"):
+            save_file({"x": torch.zeros(64)}, str(folder / f"{name}.safetensors"))
+        if torn:
+            data = (folder / "optimizer.safetensors").read_bytes()
+            (folder / "optimizer.safetensors").write_bytes(data[: len(data) // 2])
+        if state:
             (folder / "state.json").write_text("{}")
-    (tmp_path / ".step-20.abc.tmp").mkdir()  # a copy that never got renamed into place
+    (tmp_path / ".step-30.abc.tmp").mkdir()  # a copy that never got renamed into place
     assert [p.name for p in _checkpoints(tmp_path)] == ["step-5", "step-10"]

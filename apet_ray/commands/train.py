@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from apet_ray.atomic import copy_file, copy_folder, write_text
+from apet_ray.atomic import copy_file, copy_folder, owning, write_text
 from apet_ray.commands.params import add_spec_arguments, spec_from_args
 from apet_ray.errors import UserError
 from apet_ray.models import DEFAULT_MODEL
@@ -74,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-failures must be 0 or more, not {args.max_failures}")
     check_config(cfg)
     check_address(args.address)
-    if (out / "run.json").exists() and not args.resume:
+    if (out / "run.json").exists():
+        if args.resume:  # nothing left to train: no second row for the same run
+            print(f"[apet-ray] {out} holds a finished run ({_finished_id(out)}): nothing to resume")
+            return 0
         raise UserError(f"{out} already holds a finished run; choose another --out")
     if (out / "ray").exists() and not args.resume:
         raise UserError(f"{out} holds an unfinished run: add --resume to continue it, or choose another --out")
@@ -82,11 +85,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"nothing to resume: {out} holds no checkpoint of a run")
 
     started = time.time()
-    record = _run_local(cfg, out, args.resume) if cfg.workers == 0 else _run_ray(cfg, out, args)
-    trial_id = f"train-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}"
-    rows = rows_from_record(record, study="train", trial_id=trial_id, status="finished", code_version=code_version())
-    write_trial(out, trial_id, rows.trial, rows.curves, rows.transfer)
-    write_text(out / "run.json", json.dumps({"trial_id": trial_id, "record": record.to_dict()}, indent=2, default=str))
+    out.mkdir(parents=True, exist_ok=True)
+    with owning(out, "apet-ray train"):  # a second run into the same --out is refused, in one line
+        record = _run_local(cfg, out, args.resume) if cfg.workers == 0 else _run_ray(cfg, out, args)
+        trial_id = f"train-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}"
+        rows = rows_from_record(record, study="train", trial_id=trial_id, status="finished", code_version=code_version())
+        write_trial(out, trial_id, rows.trial, rows.curves, rows.transfer)
+        write_text(out / "run.json", json.dumps({"trial_id": trial_id, "record": record.to_dict()}, indent=2,
+                                                default=str))
     print(f"[apet-ray] done: {record.metric} {record.final_score:.4f} (best {record.best_score:.4f}) "
           f"after {record.steps_run} steps in {record.wall_time_s:.0f} s; "
           f"deltas in {out / 'deltas.safetensors'}, record in {out / 'run.json'} and {out}/trials, curves")
@@ -94,10 +100,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _checkpoints(folder: Path) -> list[Path]:
-    """The complete checkpoints, oldest first (a folder is renamed into place whole, and its
-    state.json is written last; anything else is a leftover)."""
-    steps = [p for p in folder.glob("step-*") if p.name.split("-")[1].isdigit() and (p / "state.json").is_file()]
+    """The complete checkpoints, oldest first (``run.checkpoint.is_complete``: a torn copy or
+    a leftover is passed over)."""
+    from apet_ray.run.checkpoint import is_complete
+
+    steps = [p for p in folder.glob("step-*") if p.name.split("-")[1].isdigit() and is_complete(p)]
     return sorted(steps, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _finished_id(out: Path) -> str:
+    try:
+        return str(json.loads((out / "run.json").read_text()).get("trial_id", "?"))
+    except (OSError, ValueError, AttributeError):
+        return "its run.json is unreadable"
 
 
 def _run_local(cfg, out: Path, resume: bool):

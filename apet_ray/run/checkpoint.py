@@ -41,6 +41,24 @@ class Restored:
                                   "exp_avg_sq": like(self.optimizer[f"{n}.exp_avg_sq"], p)}
 
 
+def is_complete(folder: str | Path) -> bool:
+    """A checkpoint folder a resume may trust: its ``state.json`` is there and both safetensors
+    files open with a header that covers the file (checked without reading the tensors), so
+    a copy cut off by a killed process is passed over."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        return False
+    for name in ("deltas.safetensors", "optimizer.safetensors"):
+        try:
+            with safe_open(str(folder / name), framework="pt"):
+                pass
+        except Exception:  # missing, truncated or not safetensors: several exception types
+            return False
+    return True
+
+
 def read_checkpoint(folder: str | Path) -> Restored:
     folder = Path(folder)
     deltas, _ = read_deltas(folder / "deltas.safetensors")

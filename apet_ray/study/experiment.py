@@ -12,6 +12,7 @@ import signal
 import threading
 from pathlib import Path
 
+from apet_ray.run.checkpoint import is_complete
 from apet_ray.run.config import TrainConfig
 from apet_ray.run.record import RunRecord
 from apet_ray.study.config import StudyConfig
@@ -69,7 +70,7 @@ def latest_checkpoint(ray_dir: Path, name: str, cfg: TrainConfig) -> Path | None
     best, best_step = None, -1
     for state in ray_dir.glob(f"*/{glob.escape(name)}-*/checkpoint_*/state.json"):
         folder = state.parent
-        if not all(_whole_safetensors(folder / f) for f in ("deltas.safetensors", "optimizer.safetensors")):
+        if not is_complete(folder):
             continue  # e.g. a process killed while Tune copied the folder into place: a torn file
         try:
             record = RunRecord.from_dict(json.loads(state.read_text())["record"])
@@ -80,18 +81,6 @@ def latest_checkpoint(ray_dir: Path, name: str, cfg: TrainConfig) -> Path | None
         if same and step > best_step:
             best, best_step = folder, step
     return best
-
-
-def _whole_safetensors(path: Path) -> bool:
-    """The file is there and its header covers it exactly (safetensors checks that on open,
-    without reading the tensors)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt"):
-            return True
-    except Exception:  # missing, truncated or not safetensors: several exception types
-        return False
 
 
 def experiment_name(results: Path, study: str) -> str:

@@ -247,3 +247,30 @@ def test_a_bad_flag_is_one_line_with_a_pointer_to_help(argv, capsys):
         script("structure_ablation").run(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and len(err) == 1 and err[0].endswith("--help)")
+
+
+def test_train_takes_the_out_folder_lock_and_a_finished_run_resumes_to_nothing(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from apet_ray.cli import main
+    from apet_ray.results import read_results
+
+    out = tmp_path / "out"
+    argv = TRAIN + ["--workers", "0", "--max-steps", "2", "--eval-every", "2", "--out", str(out)]
+    out.mkdir()
+    hold = "import sys, time\nfrom apet_ray.atomic import owning\nwith owning(sys.argv[1], 'a study'):\n" \
+           "    print('held', flush=True)\n    time.sleep(60)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(argv) == 2
+        assert "is in use by a study" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0  # finished: nothing to resume, no second row
+    assert "nothing to resume" in capsys.readouterr().out
+    assert len(read_results(out)[0].trials) == 1
