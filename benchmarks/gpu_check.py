@@ -48,8 +48,8 @@ def main() -> None:
                                                                  feed_forward_proj="gated-gelu", vocab_size=32128,
                                                                  decoder_start_token_id=0))),
     }
-    specs = {"lora": DeltaSpec.pet("lora"), "apet-add-discrete=lora": DeltaSpec.apet("add", "discrete", match="lora"),
-             "apet-add-adjacent=lora": DeltaSpec.apet("add", "adjacent", match="lora"),
+    specs = {"lora": DeltaSpec.pet("lora"), "apet-add-weight-discrete=lora": DeltaSpec.apet("add-weight", "discrete", match="lora"),
+             "apet-add-weight-adjacent=lora": DeltaSpec.apet("add-weight", "adjacent", match="lora"),
              "apet-plugin-discrete=lora": DeltaSpec.apet("plugin", "discrete", match="lora"),
              "adapter": DeltaSpec.pet("adapter"), "ft": DeltaSpec.pet("ft")}
     rows = []

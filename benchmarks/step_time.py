@@ -61,7 +61,7 @@ def build(variant: str, model_name: str, bf16: bool = False):
         model.backbone = peft.get_peft_model(model.backbone, peft.LoraConfig(
             r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"]))
     elif variant == "dense-mask":
-        attach(model, DeltaSpec.apet("add", "discrete", match="lora"))  # same masks as add-discrete
+        attach(model, DeltaSpec.apet("add-weight", "discrete", match="lora"))  # same masks as add-weight-discrete
         for name, module in list(model.named_modules()):
             if isinstance(module, DeltaLinear) and module.weight_delta is not None:
                 mask = torch.zeros(module.weight_delta.numel_dense)
@@ -70,15 +70,15 @@ def build(variant: str, model_name: str, bf16: bool = False):
                 setattr(model.get_submodule(parent), attr, DenseMasked(module.base, mask.view(module.weight_delta.shape)))
     elif variant in ("lora", "adapter", "bitfit", "prompt", "ft"):
         attach(model, DeltaSpec.pet(variant))
-    elif "@" in variant:  # apet-add-discrete@0.2%: that share of the op's capacity at its positions
+    elif "@" in variant:  # apet-add-weight-discrete@0.2%: that share of the op's capacity at its positions
         from apet_ray.delta.plan import make_plan
 
         name, density = variant.split("@")
-        op, dist = name.split("-")[1:3]
+        op, dist = name.removeprefix("apet-").rsplit("-", 1)
         capacity = make_plan(model, DeltaSpec.apet(op, dist, budget=1)).capacity
         attach(model, DeltaSpec.apet(op, dist, budget=round(float(density.rstrip("%")) / 100 * capacity)))
-    else:
-        op, dist = variant.split("-")[1:3]
+    else:  # apet-<op>-<distribution>, matched to LoRA's count
+        op, dist = variant.removeprefix("apet-").rsplit("-", 1)
         attach(model, DeltaSpec.apet(op, dist, match="lora"))
     if bf16:  # as a bf16 run does: frozen linears and embeddings stored in bf16
         from apet_ray.distributed import store_frozen_in_bf16
@@ -116,8 +116,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: autocast around forward and backward (what --precision auto picks on AMX CPUs)")
-    p.add_argument("--variants", default="floor,peft-lora,lora,apet-add-adjacent,apet-add-discrete,"
-                   "apet-add-discrete@0.2%,apet-concat-adjacent,apet-concat-discrete,apet-plugin-adjacent,apet-plugin-discrete,"
+    p.add_argument("--variants", default="floor,peft-lora,lora,apet-add-weight-adjacent,apet-add-weight-discrete,"
+                   "apet-add-weight-discrete@0.2%,apet-concat-adjacent,apet-concat-discrete,apet-plugin-adjacent,apet-plugin-discrete,"
                    "dense-mask,bitfit,adapter,prompt,ft")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()

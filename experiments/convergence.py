@@ -15,7 +15,7 @@ from apet_ray.study import (csv, main, model_tasks, parse, run_study, seeds, stu
                             trial_config)
 
 DEFAULTS = dict(
-    models="minilm", tasks="rotten_tomatoes", seeds="0", match="lora", ops="add",
+    models="minilm", tasks="rotten_tomatoes", seeds="0", match="lora", ops="add-weight",
     data_dir=None, data_source="auto", max_steps=80, eval_every=10, batch_size=16, train_limit=2000,
     eval_limit=200, max_input_len=64, workers=None, strategy="auto", results="results/convergence",
 )
@@ -27,7 +27,7 @@ PAPER = Path(__file__).parent / "configs" / "convergence" / "paper.yaml"
 def run(argv=None):
     parser = study_arguments(__doc__.splitlines()[0], DEFAULTS, PAPER)
     parser.add_argument("--match", help="the PET method whose parameter count both structures get")
-    parser.add_argument("--ops", help="APET ops to compare (add, concat, plugin)")
+    parser.add_argument("--ops", help="APET ops to compare (add-weight, add, concat, plugin; default add-weight: the paper's add holds fewer entries than LoRA's count)")
     args = parse(parser, argv)
     if args.asha:
         raise UserError("--asha does not apply here: convergence curves must run to the end")

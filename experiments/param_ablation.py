@@ -21,7 +21,7 @@ from apet_ray.study.threshold_search import (HIGH_TOL, LOW_MARGIN, Rules, Search
                                             parse_lrs, parse_structures)
 
 DEFAULTS = dict(
-    models="minilm", tasks="rotten_tomatoes", seeds="0", structures="add-discrete",
+    models="minilm", tasks="rotten_tomatoes", seeds="0", structures="add-weight-discrete",
     min_count=10, max_count=100_000, per_decade=4, margin=LOW_MARGIN, tol=HIGH_TOL, head="frozen",
     data_dir=None, data_source="auto", max_steps=40, eval_every=20, batch_size=16, train_limit=2000,
     eval_limit=200, max_input_len=64, workers=None, strategy="auto", results="results/param_ablation",
@@ -33,7 +33,7 @@ PAPER = Path(__file__).parent / "configs" / "param_ablation" / "paper.yaml"
 
 def run(argv=None):
     parser = study_arguments(__doc__.splitlines()[0], DEFAULTS, PAPER)
-    parser.add_argument("--structures", help="APET op-distribution pairs, e.g. add-discrete,concat-adjacent")
+    parser.add_argument("--structures", help="APET op-distribution pairs, e.g. add-weight-discrete,concat-adjacent (the sweep passes what the paper's add can hold: its sparse weight delta, add-weight)")
     parser.add_argument("--min-count", type=int)
     parser.add_argument("--max-count", type=int)
     parser.add_argument("--per-decade", type=int, help="grid points per factor of ten")

@@ -32,7 +32,7 @@ def tiny(**kw) -> TrainConfig:
     # fp32 on every side: the single-process reference would otherwise take bf16 autocast on
     # an AMX CPU, where the multi-process CPU paths stay fp32 (distributed.use_bf16)
     base = dict(model="tiny-bert", task="sst2", data_dir=DATA, batch_size=8, max_steps=20, eval_every=4,
-                eval_limit=32, spec=DeltaSpec.apet("add", "discrete", budget=3000, seed=1), workers=2,
+                eval_limit=32, spec=DeltaSpec.apet("add-weight", "discrete", budget=3000, seed=1), workers=2,
                 verify_frozen=True, precision="fp32")
     return TrainConfig(**{**base, **kw})
 
@@ -48,8 +48,8 @@ def losses(record: RunRecord) -> list[float]:
     return [h["loss"] for h in record.history]
 
 
-@pytest.mark.parametrize("spec", [DeltaSpec.apet("add", "discrete", budget=3000, seed=1), DeltaSpec.pet("lora")],
-                         ids=["apet-add-discrete", "lora"])
+@pytest.mark.parametrize("spec", [DeltaSpec.apet("add-weight", "discrete", budget=3000, seed=1), DeltaSpec.pet("lora")],
+                         ids=["apet-add-weight-discrete", "lora"])
 def test_ddp_and_fsdp_follow_the_single_process_losses(spec, tmp_path):
     reference = losses(train(tiny(spec=spec, workers=0), lambda m, c: None))
     assert len(reference) == 5

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from apet_ray.errors import Interrupted, OneLineParser, UserError
@@ -40,6 +41,10 @@ def study_arguments(description: str, defaults: dict, paper: Path | None = None)
         other = f"; paper: {paper_value}" if paper_value != defaults.get(dest) else ""
         grid.add_argument(flag, help=f"{what} (default: {defaults.get(dest)}{other})")
     add_run_arguments(p, defaults, also={"paper": profiles["paper"]})
+    p.add_argument("--plugin-init", choices=["kaiming", "release"],
+                   help="how adapters and APET plugins start: kaiming (down kaiming-uniform, up zero: the output "
+                        "starts unchanged) or release (both N(0, 0.01), as the paper's code) (default: kaiming; "
+                        "paper: release)")
     ft_lr = defaults.get("ft_lr")
     p.add_argument("--ft-lr", type=float, help="learning rate of the full fine-tuning trials (default: "
                    f"{ft_lr if ft_lr is not None else 'the --lr of the others'}; paper: the paper's, as --lr)")
@@ -187,6 +192,8 @@ def trial_config(args: argparse.Namespace, model: str, task: str, seed: int, **f
     if is_task_file(task):  # a task of the user's own, described in a YAML / JSON file
         task, fields["custom"] = read_task_file(task)
     cfg = config_from_args(args, model=model, task=task, seed=seed, **fields)
+    if cfg.spec.op == "plugin" and getattr(args, "plugin_init", None):
+        cfg.spec = replace(cfg.spec, plugin_init=args.plugin_init).validated()
     if cfg.spec.method == "ft" and getattr(args, "ft_lr", None) is not None:
         cfg.lr = args.ft_lr  # FT moves every weight: it wants a smaller step than the deltas
     return cfg

@@ -108,11 +108,11 @@ def parse_lrs(text: str | None) -> tuple[float, ...]:
 
 
 def parse_structures(names: list[str]) -> list[tuple[str, str]]:
-    """``add-discrete`` -> ("add", "discrete")."""
-    structures = [tuple(name.split("-")) for name in names]
+    """``add-weight-discrete`` -> ("add-weight", "discrete"): the distribution is the last part."""
+    structures = [tuple(name.rsplit("-", 1)) for name in names]
     for name, parts in zip(names, structures):
         if len(parts) != 2:
-            raise UserError(f"--structures takes op-distribution pairs such as add-discrete, not {name!r}")
+            raise UserError(f"--structures takes op-distribution pairs such as add-weight-discrete, not {name!r}")
     return structures
 
 

@@ -18,7 +18,7 @@ from apet_ray.run.config import TrainConfig
 
 
 def slug(spec: DeltaSpec) -> str:
-    """What a spec trains, short: ``lora``, ``apet-add-discrete=lora``, ``apet-concat-adjacent-5000``."""
+    """What a spec trains, short: ``lora``, ``apet-add-weight-discrete=lora``, ``apet-concat-adjacent-5000``."""
     if spec.method != "apet":
         return spec.method
     return f"apet-{spec.op}-{spec.distribution}" + (f"={spec.match}" if spec.match else f"-{spec.budget}")

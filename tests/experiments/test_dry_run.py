@@ -150,3 +150,14 @@ def test_every_study_takes_score_final_or_best_for_its_report(name):
     args = parse(study_arguments("t", module.DEFAULTS, module.PAPER), ["--score", "best"])
     assert study_config(args, name).score == "best"
     assert study_config(parse(study_arguments("t", module.DEFAULTS, module.PAPER), []), name).score == "final"
+
+
+def test_the_paper_profile_starts_adapters_as_the_release_does():
+    from apet_ray.study import parse, study_arguments, trial_config
+    from apet_ray.delta import DeltaSpec
+
+    module = script("structure_ablation")
+    for argv, init in (([], "kaiming"), (["--profile", "paper"], "release")):
+        args = parse(study_arguments("t", module.DEFAULTS, module.PAPER), argv + ["--models", "tiny-bert"])
+        assert trial_config(args, "tiny-bert", "sst2", 0, spec=DeltaSpec.pet("adapter")).spec.plugin_init == init
+        assert trial_config(args, "tiny-bert", "sst2", 0, spec=DeltaSpec.pet("lora")).spec.plugin_init == "kaiming"

@@ -230,13 +230,13 @@ def test_train_command_writes_the_rows_a_study_writes_for_the_same_config(tmp_pa
 def test_param_ablation_runs_every_search_in_one_experiment(tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "param_ablation.py"), "--models", "tiny-bert", "--tasks", "sst2",
            "--data-dir", DATA, "--batch-size", "8", "--eval-limit", "16", "--train-limit", "64", "--max-steps", "4",
-           "--eval-every", "2", "--structures", "add-discrete,concat-adjacent", "--min-count", "10",
+           "--eval-every", "2", "--structures", "add-weight-discrete,concat-adjacent", "--min-count", "10",
            "--max-count", "1000", "--per-decade", "2", "--workers", "0", "--no-report", "--results", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = __import__("json").loads((tmp_path / "param_ablation.thresholds.json").read_text())
-    assert [s["structure"] for s in summary["searches"]] == ["add-discrete", "concat-adjacent"]
+    assert [s["structure"] for s in summary["searches"]] == ["add-weight-discrete", "concat-adjacent"]
     grid = [10, 32, 100, 316, 1000]
     table = trials(tmp_path)
     probes = table[table.study == "param_ablation_search"]

@@ -16,7 +16,7 @@ DATA = str(Path(__file__).resolve().parents[1] / "fixtures" / "data")
 
 def tiny(**kw) -> TrainConfig:
     base = dict(model="tiny-bert", task="sst2", data_dir=DATA, batch_size=8, max_steps=12, eval_every=4,
-                eval_limit=32, spec=DeltaSpec.apet("add", "discrete", budget=3000, seed=1), workers=0)
+                eval_limit=32, spec=DeltaSpec.apet("add-weight", "discrete", budget=3000, seed=1), workers=0)
     return TrainConfig(**{**base, **kw})
 
 
@@ -192,7 +192,7 @@ def test_a_decoder_only_model_trains_end_to_end(tmp_path, model, task_type):
 
 
 @pytest.mark.parametrize("spec", [DeltaSpec.pet("lora"), DeltaSpec.pet("bitfit"), DeltaSpec.pet("prompt"),
-                                  DeltaSpec.apet("add", "discrete", budget=3000, seed=1)], ids=lambda s: s.label)
+                                  DeltaSpec.apet("add-weight", "discrete", budget=3000, seed=1)], ids=lambda s: s.label)
 def test_a_bf16_run_stores_the_frozen_weights_in_bf16_and_trains_the_deltas_in_fp32(tmp_path, spec):
     runs = {p: train(tiny(spec=spec, precision=p, max_steps=8, eval_every=4, lr=1e-2, verify_frozen=True),
                      Recorder(tmp_path / p))
