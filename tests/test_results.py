@@ -182,3 +182,18 @@ def test_readable_by_polars(tmp_path: Path) -> None:
     _write_two(tmp_path)
     frame = polars.read_parquet(str(tmp_path / "trials" / "*.parquet"))
     assert frame.height == 2 and frame["delta_params"].dtype == polars.Int64
+
+
+def test_a_resume_counts_only_the_trials_files_that_read_and_sets_the_others_aside(tmp_path: Path, capsys) -> None:
+    from apet_ray.results import recorded_trials
+
+    for name in ("good", "torn", "garbage"):
+        write_trial(tmp_path, name, trial(name), [curve(10)])
+    torn = tmp_path / "trials" / "torn.parquet"
+    torn.write_bytes(torn.read_bytes()[: len(torn.read_bytes()) // 2])  # a write cut off midway
+    (tmp_path / "trials" / "garbage.parquet").write_bytes(b"PAR1 and then nothing")
+    assert recorded_trials(tmp_path) == {"good"}
+    aside = tmp_path / "trials" / ".unreadable"
+    assert sorted(p.name for p in aside.iterdir()) == ["garbage.parquet", "torn.parquet"]
+    assert "torn.parquet is unreadable" in capsys.readouterr().out
+    assert recorded_trials(tmp_path) == {"good"} and read_results(tmp_path)[0].trials.trial_id.tolist() == ["good"]

@@ -165,6 +165,31 @@ def trial_ids(results_dir: str | os.PathLike[str], table: str = "trials") -> set
     return {p.stem for p in (Path(results_dir) / table).glob("*.parquet")}
 
 
+UNREADABLE = ".unreadable"  # beside the table's files: recorded files that cannot be read, kept aside
+
+
+def recorded_trials(results_dir: str | os.PathLike[str]) -> set[str]:
+    """The trials a resume must not run again: those whose trials file reads. A file that
+    does not (torn, corrupt, another schema) is moved aside into ``trials/.unreadable/`` --
+    kept for a look, no longer counted -- so its trial runs again."""
+    folder = Path(results_dir) / "trials"
+    done = set()
+    for path in sorted(folder.glob("*.parquet")):
+        try:
+            if _read_one(path, "trials").num_rows == 1:
+                done.add(path.stem)
+                continue
+            problem = "not one row"
+        except Exception as exc:  # any failure is about this one file
+            problem = _first_line(exc)
+        aside = folder / UNREADABLE
+        aside.mkdir(exist_ok=True)
+        os.replace(path, aside / path.name)
+        print(f"[apet-ray] trials/{path.name} is unreadable ({problem}): moved to trials/{UNREADABLE}/, its trial "
+              "runs again", flush=True)
+    return done
+
+
 def count_files(results_dir: str | os.PathLike[str]) -> int:
     """Number of ``*.parquet`` files in the three table folders (readable or not)."""
     root = Path(results_dir)

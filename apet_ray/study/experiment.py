@@ -30,9 +30,13 @@ def tune_trial(config: dict) -> None:
         # finished before an interruption that Tune's own state missed: never run it twice
         import pandas as pd
 
-        row = pd.read_parquet(record).iloc[0]
-        tune.report({"score": float(row.final_score), "step": int(row.steps_run), "already_recorded": True})
-        return
+        try:
+            row = pd.read_parquet(record).iloc[0]
+        except Exception:  # unreadable: it is set aside on the next resume; train it now
+            row = None
+        if row is not None:
+            tune.report({"score": float(row.final_score), "step": int(row.steps_run), "already_recorded": True})
+            return
     cfg = TrainConfig.from_dict(entry["train"])
     if cfg.workers == 0:
         # No worker group: starting one (controller and worker processes, their imports)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from apet_ray.atomic import owning, write_text
 from apet_ray.errors import Interrupted
-from apet_ray.results import trial_ids
+from apet_ray.results import recorded_trials, trial_ids
 from apet_ray.run.config import TrainConfig
 from apet_ray.study.checks import dry_run_rows, print_dry_run, validate
 from apet_ray.study.config import StudyConfig
@@ -72,7 +72,7 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
     if study.resume and searcher is None:
         # apet-ray's own state, not Tune's pickled one: the trials table says what is done,
         # each trial finds its own last checkpoint (latest_checkpoint; a Train run by its name)
-        recorded = trial_ids(results)
+        recorded = recorded_trials(results)  # a file that cannot be read is set aside: its trial runs again
         grid = [g for g in grid if g["trial_id"] not in recorded]
         print(f"[apet-ray] resuming {study.study}: {len(recorded & {trial_id(t, study.study) for t in trials})} trials "
               f"recorded, {len(grid)} to run (Tune experiment {name})", flush=True)
