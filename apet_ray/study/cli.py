@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from apet_ray.config_files import read_mapping
 from apet_ray.errors import Interrupted, OneLineParser, UserError
 from apet_ray.run.config import TrainConfig
 from apet_ray.run.options import add_run_arguments, config_from_args
@@ -126,13 +127,10 @@ def _grid(value, where: str) -> list[tuple[str, str]]:
 
 def _raw_yaml(path: Path) -> dict:
     """A profile file's values as written (for --help; parse() checks and types them)."""
-    import yaml
-
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return read_mapping(path, "config file")
+    except UserError:
+        return {}  # parse() reads it again and says what is wrong
 
 
 def _typed(action: argparse.Action, value, where: str):
@@ -148,17 +146,8 @@ def _typed(action: argparse.Action, value, where: str):
 
 
 def _yaml_options(config: str, parser: argparse.ArgumentParser) -> dict:
-    import yaml
-
     path = Path(config)
-    if not path.is_file():
-        raise UserError(f"config file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected option: value pairs, not a {type(data).__name__}")
+    data = read_mapping(path, "config file")  # bounded: size, text, expanded anchors, duplicate keys
     unknown = sorted(set(data) - {a.dest for a in parser._actions} - {"grid"})
     if unknown:
         raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")

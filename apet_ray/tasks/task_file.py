@@ -18,10 +18,10 @@ Everything is checked when the file is read (``task_from_file``), before any Ray
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
+from apet_ray.config_files import read_mapping
 from apet_ray.errors import UserError
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -84,17 +84,9 @@ def with_overrides(task, metric: str | None, label_words: tuple[str, ...] | None
 
 
 def _parse(path: Path) -> dict:
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # yaml and json raise their own error types
-        raise UserError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
+    # bounded: size, text, expanded anchors, duplicate keys
+    data = read_mapping(path, "task file", f"a mapping of keys ({', '.join(_KEYS)})")
+    if not data:
         raise UserError(f"{path}: a task file is a mapping of keys ({', '.join(_KEYS)})")
     return data
 

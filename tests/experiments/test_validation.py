@@ -92,6 +92,9 @@ def files(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really")
     (tmp_path / "a_file").write_text("")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "bomb.yaml").write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")))
+    (tmp_path / "twice.yaml").write_text("max_steps: 5\nmax_steps: 6\n")
     return {name: str(tmp_path / name) for name in ("small.csv", "wrong_columns.yaml", "no_split.yaml", "bad_key.yaml",
                                                     "not_yaml.yaml", "corrupt.parquet", "a_file", "list.yaml")}
 
@@ -102,9 +105,12 @@ FILE_CASES = [  # (script, flag, file, message)
     ("structure_ablation", "--tasks", "bad_key.yaml", "colour"),
     ("structure_ablation", "--tasks", "not_yaml.yaml", "not valid YAML"),
     ("structure_ablation", "--tasks", "missing.yaml", "not found"),
-    ("structure_ablation", "--config", "list.yaml", "expected option: value pairs"),
+    ("structure_ablation", "--config", "list.yaml", "is a mapping of option: value pairs, not a list"),
     ("structure_ablation", "--config", "not_yaml.yaml", "not valid YAML"),
     ("structure_ablation", "--results", "a_file", "is a file, not a folder"),
+    ("structure_ablation", "--config", "bomb.yaml", "expands to more than"),
+    ("structure_ablation", "--tasks", "bomb.yaml", "expands to more than"),
+    ("param_ablation", "--config", "twice.yaml", "key 'max_steps' is given twice"),
 ]
 
 
