@@ -22,6 +22,7 @@ from apet_ray.errors import UserError
 from apet_ray.hub import hub_reachable
 from apet_ray.models.causal import CausalLM
 from apet_ray.models.encoder import EncoderClassifier
+from apet_ray.models.folder import check_model_folder, check_tokenizer
 from apet_ray.models.offline import MINILM_NAMES, MPNET_NAMES, TINY, minilm_path, mpnet_path, verified
 from apet_ray.models.seq2seq import Seq2SeqLM
 from apet_ray.models.signature import accepts
@@ -49,6 +50,7 @@ def resolve(name: str) -> tuple[str | Path, ModelInfo]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} has no config.json: not a model folder")
+        check_model_folder(path)  # config, tokenizer and weight files are what they claim, or one line
         kind = family_for_model_type(AutoConfig.from_pretrained(path).model_type).kind
         has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
         return path, ModelInfo(str(path), kind, pretrained=has_weights, source="local")
@@ -70,6 +72,14 @@ def load_config(name: str) -> tuple[PretrainedConfig, ModelInfo]:
     except OSError as exc:
         raise UserError(f"cannot load model {name!r}: not a preset ({', '.join(TINY)}), local folder or reachable hub model ({str(exc).splitlines()[0]})") from None
     return config, ModelInfo(info.name, family_for_model_type(config.model_type).kind, info.pretrained, info.source)
+
+
+def check_run_tokenizer(name: str) -> None:
+    """A run's tokenizer is there and is the model's (local folders; presets, the packaged
+    models and the hub bring their own)."""
+    where, info = resolve(name)
+    if info.source == "local":
+        check_tokenizer(Path(where))
 
 
 def load_tokenizer(name: str):

@@ -14,7 +14,7 @@ from apet_ray.delta import DeltaSpec, attach, count_backbone, count_deltas
 from apet_ray.delta.architectures import Kind, position_offset
 from apet_ray.delta.ops import PromptTokens
 from apet_ray.errors import UserError
-from apet_ray.models import DEFAULT_MODEL, build_model
+from apet_ray.models import DEFAULT_MODEL, build_model, check_run_tokenizer
 from apet_ray.tasks import Task, custom_task, get_task, load_examples
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -184,6 +184,7 @@ def check_config(cfg: TrainConfig) -> RunPlan:
     check_task_fits_kind(task, info.kind)
     attach(model, cfg.spec)  # plans the budget on the meta device: refuses what cannot fit
     check_positions(model, info.kind, cfg.max_input_len or task.max_input_len, task)
+    check_run_tokenizer(cfg.model)
     for split in ("train", "eval"):
         load_examples(task, split, limit=1, seed=cfg.seed, **cfg.data_source_kwargs())
     for target in cfg.transfer_tasks:
