@@ -197,3 +197,27 @@ def test_a_resume_counts_only_the_trials_files_that_read_and_sets_the_others_asi
     assert sorted(p.name for p in aside.iterdir()) == ["garbage.parquet", "torn.parquet"]
     assert "torn.parquet is unreadable" in capsys.readouterr().out
     assert recorded_trials(tmp_path) == {"good"} and read_results(tmp_path)[0].trials.trial_id.tolist() == ["good"]
+
+
+def test_provenance_columns_are_written_and_older_and_newer_files_still_read(tmp_path: Path) -> None:
+    import json
+
+    import pyarrow as pa
+
+    write_trial(tmp_path, "new", trial("new", versions=json.dumps({"torch": "2.13.0", "commit": "abc"}), device="AMD EPYC",
+                                     precision="fp32", workers=0, strategy="none"), [curve(10)])
+    write_trial(tmp_path, "old", trial("old"), [curve(10)])
+    old = pq.read_table(tmp_path / "trials" / "old.parquet")
+    old = old.drop_columns(["versions", "device", "precision", "workers", "strategy"])  # a schema-2 file
+    pq.write_table(old.replace_schema_metadata({b"apet_ray.table": b"trials", b"apet_ray.schema_version": b"2"}),
+                   tmp_path / "trials" / "old.parquet")
+    write_trial(tmp_path, "future", trial("future"), [curve(10)])
+    future = pq.read_table(tmp_path / "trials" / "future.parquet")
+    future = future.append_column("carbon_g", pa.array([1.5]))
+    pq.write_table(future.replace_schema_metadata({b"apet_ray.table": b"trials", b"apet_ray.schema_version": b"9"}),
+                   tmp_path / "trials" / "future.parquet")
+    results, problems = read_results(tmp_path)
+    rows = results.trials.set_index("trial_id")
+    assert rows.loc["new", "device"] == "AMD EPYC" and json.loads(rows.loc["new", "versions"])["torch"] == "2.13.0"
+    assert pd.isna(rows.loc["old", "device"]) and len(rows) == 3
+    assert any("schema version 9, newer than this reader's 3" in p for p in problems)

@@ -52,6 +52,9 @@ def rows_from_record(record: RunRecord, study: str, trial_id: str, status: str, 
         "tokens_per_s": None if math.isnan(record.tokens_per_s) else record.tokens_per_s,
         "peak_memory_mb": float(record.peak_memory_mb), "checkpoint_bytes": record.checkpoint_bytes,
         "status": status, "code_version": code_version, "hparams": json.dumps(cfg, sort_keys=True, default=str),
+        "versions": json.dumps(record.versions, sort_keys=True) if record.versions else None,
+        "device": record.device or None, "precision": record.precision or None,
+        "workers": int(cfg["workers"]), "strategy": record.strategy or None,
     }
     curves = [
         {**common, "trial_id": trial_id, "task": record.task, "delta_params": record.delta_params,

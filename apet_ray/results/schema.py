@@ -20,7 +20,8 @@ from apet_ray.delta import DISTRIBUTIONS as SPEC_DISTRIBUTIONS
 from apet_ray.delta import OPS, matchable_methods, method_names
 from apet_ray.delta.architectures import KINDS
 
-SCHEMA_VERSION = "2"  # 2: trials gained family, majority, peak_memory_mb, tokens_per_s, checkpoint_bytes
+SCHEMA_VERSION = "3"  # 2: trials gained family, majority, peak_memory_mb, tokens_per_s, checkpoint_bytes;
+# 3: provenance -- versions (JSON), device, precision, workers, strategy
 
 _STR, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
 
@@ -65,6 +66,11 @@ TRIALS_SCHEMA = pa.schema(
         _f("status", _STR),
         _f("code_version", _STR),
         _f("hparams", _STR),
+        _f("versions", _STR, True),  # JSON: apet-ray, commit, python, torch, transformers, ray, peft, ... (schema 3)
+        _f("device", _STR, True),  # GPU name or CPU model of rank 0
+        _f("precision", _STR, True),  # fp32 | bf16, as it ran
+        _f("workers", _INT, True),  # Ray Train workers (0: the trial's own process)
+        _f("strategy", _STR, True),  # none | ddp | fsdp
     ]
 )
 
@@ -113,7 +119,8 @@ SCHEMAS: dict[str, pa.Schema] = {
 TABLES = ("trials", "curves", "transfer")
 
 # Columns added after schema 1: a file without them still reads (as nulls).
-ADDED_COLUMNS = {"trials": ("family", "majority", "tokens_per_s", "peak_memory_mb", "checkpoint_bytes")}
+ADDED_COLUMNS = {"trials": ("family", "majority", "tokens_per_s", "peak_memory_mb", "checkpoint_bytes",
+                              "versions", "device", "precision", "workers", "strategy")}
 
 # closed vocabularies; a typo here would silently drop a trial from every figure. Methods
 # come from the registry when a row is checked, so a newly registered method is accepted.

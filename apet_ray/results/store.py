@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from apet_ray.atomic import replacing
 from apet_ray.errors import UserError
-from apet_ray.results.schema import ADDED_COLUMNS, SCHEMAS, TABLES, TRIAL_ID, to_table
+from apet_ray.results.schema import ADDED_COLUMNS, SCHEMA_VERSION, SCHEMAS, TABLES, TRIAL_ID, to_table
 
 
 @dataclass
@@ -127,6 +127,7 @@ def read_results(results_dir: str | os.PathLike[str]) -> tuple[Results, list[str
     if not root.is_dir():
         raise UserError(f"results folder {str(root)!r} does not exist")
     problems: list[str] = []
+    newer: set[str] = set()
     frames: dict[str, pd.DataFrame] = {}
     ids: dict[str, set[str]] = {}
     files: dict[str, int] = {}
@@ -136,11 +137,15 @@ def read_results(results_dir: str | os.PathLike[str]) -> tuple[Results, list[str
         ids[table] = set()
         for path in sorted((root / table).glob("*.parquet")):
             try:
-                parts.append(_read_one(path, table))
+                part = _read_one(path, table)
             except Exception as exc:  # any failure is about this one file; report it, go on
                 problems.append(f"{table}/{path.name}: unreadable ({_first_line(exc)})")
                 continue
+            parts.append(part)
             ids[table].add(path.stem)
+            version = _version(path)
+            if version and version.isdigit() and int(version) > int(SCHEMA_VERSION):
+                newer.add(version)
         files[table] = len(parts)
         nullable = pa.schema([f.with_nullable(True) for f in schema])
         combined = pa.concat_tables(parts) if parts else nullable.empty_table()
@@ -155,8 +160,17 @@ def read_results(results_dir: str | os.PathLike[str]) -> tuple[Results, list[str
                 f"trials/{trial_id}.parquet: missing ({table}/{trial_id}.parquet exists; "
                 "trial unfinished or its row lost)"
             )
+    if newer:
+        problems.append(f"files of schema version {', '.join(sorted(newer))}, newer than this reader's "
+                        f"{SCHEMA_VERSION}: read for the columns it knows (update apet-ray to see the rest)")
     results = Results(frames["trials"], frames["curves"], frames["transfer"], files)
     return results, problems
+
+
+def _version(path: Path) -> str | None:
+    meta = pq.read_schema(path).metadata or {}
+    value = meta.get(b"apet_ray.schema_version")
+    return value.decode() if value else None
 
 
 def trial_ids(results_dir: str | os.PathLike[str], table: str = "trials") -> set[str]:

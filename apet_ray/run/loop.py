@@ -28,6 +28,7 @@ from apet_ray.run.checkpoint import Restored, save_checkpoint
 from apet_ray.run.config import TrainConfig, check_task_fits_kind
 from apet_ray.run.evaluate import evaluate, evaluate_transfer
 from apet_ray.run.memory import peak_memory_mb, reset_peak_memory
+from apet_ray.run.provenance import device_name, versions
 from apet_ray.run.record import RunRecord
 from apet_ray.tasks import load_examples
 
@@ -78,6 +79,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     # ---- placement, sharding, optimizer ----------------------------------------------------
     bf16 = use_bf16(cfg.precision, device, world)
     record.strategy = strategy
+    record.device, record.precision, record.versions = device_name(device), "bf16" if bf16 else "fp32", versions()
     if bf16:
         store_frozen_in_bf16(model)
     model = wrap(model, strategy, device, bf16)

@@ -40,6 +40,9 @@ class RunRecord:
     frozen_mb_per_rank: list[float] = field(default_factory=list)  # frozen weights each worker holds (its shard)
     checkpoint_bytes: int | None = None  # the last delta checkpoint (deltas.safetensors)
     frozen_unchanged: bool | None = None  # with verify_frozen: the backbone's checksum held
+    device: str = ""  # what rank 0 trained on: the GPU's name, or the CPU model (provenance)
+    precision: str = ""  # fp32 or bf16, as it ran
+    versions: dict[str, str] = field(default_factory=dict)  # apet-ray, its commit, torch, transformers, ray, peft, python
 
     # ---- the outcome, from the history ------------------------------------------------
     @property

@@ -228,3 +228,13 @@ def test_training_on_the_unified_label_set(tmp_path):
     assert record.history and 0.0 <= record.final_score <= 1.0
     with pytest.raises(UserError, match="no unified negative/positive labels"):
         check_config(tiny(task="samsum", labels="unified"))
+
+
+def test_a_run_records_what_produced_it():
+    from apet_ray.results import rows_from_record
+
+    record = train(tiny(max_steps=2, eval_every=2), report=lambda metrics, folder: None)
+    assert record.versions["torch"] == torch.__version__ and record.versions["commit"]
+    assert record.precision in ("fp32", "bf16") and record.device
+    row = rows_from_record(record, "s", "t", "finished", "v").trial
+    assert (row["workers"], row["strategy"], row["device"]) == (0, "none", record.device)
