@@ -257,12 +257,12 @@ def _summarise(args, rules: Rules, states: dict[str, SearchState], by_name: dict
             "probes": {grid[i]: v for i, v in sorted(state.scores.items())}, "trials": len(searcher.probes[name]),
             "lrs": rules.lrs or None,
             "best_lr": {grid[i]: lr for (n, i), lr in sorted(searcher.best_lr.items()) if n == name and lr} or None,
-            "dense_grid_steps": len(grid) * args.max_steps,
+            "dense_grid_steps": len(grid) * len(rules.lrs or (None,)) * args.max_steps,
         })
         print(f"[apet-ray] {s.model} / {ref.task} / {s.op}-{s.dist} / seed {s.seed}: low threshold {low}, "
               f"high threshold {high} (FT {ref.ft_score:.3f}, random guess {ref.random_guess:.2f}); "
               f"{len(state.scores)} of {len(grid)} grid counts scored", flush=True)
-    steps, dense_steps = _steps_trained(results), len(states) * len(grid) * args.max_steps
+    steps, dense_steps = _steps_trained(results), len(states) * len(grid) * len(rules.lrs or (None,)) * args.max_steps
     probes = len(states) * len(grid) if rules.dense else sum(len(p) for p in searcher.probes.values())
     print(f"[apet-ray] {'dense grid' if rules.dense else 'threshold search'}: {probes} probes "
           f"({len(searcher.decided)} stopped once decided, {len(searcher.abandoned)} once no longer needed), "
