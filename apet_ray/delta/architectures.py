@@ -87,6 +87,9 @@ class Family:
     # layer's outputs (the rest stay without one), from the backbone's config
     bitfit_new_tables: Callable[[nn.Module], list[str]] | None = None
     bitfit_linear_rows: Callable[[object], int | None] | None = None
+    # fused attention: the output rows of the one q/k/v layer that are the key's, from the
+    # config (an APET add leaves them out at "outputs": softmax ignores a vector there)
+    fused_key_rows: Callable[[object], list[int]] | None = None
     # model type -> rows at the start of the position table that no token uses (RoBERTa-style
     # encoders reserve padding_idx + 1 = 2): the input may use max_position_embeddings - this
     position_offsets: dict[str, int] = field(default_factory=dict)
@@ -307,7 +310,15 @@ GPT2 = Family(
     norms_outside_blocks=("transformer.ln_f",),
     linear_roles=_FUSED_LINEAR,
     bitfit_roles=_FUSED_LINEAR,
+    fused_key_rows=lambda config: list(range(config.n_embd, 2 * config.n_embd)),  # split into q, k, v
 )
+
+
+def _bloom_key_rows(hidden: int, heads: int) -> list[int]:
+    """BLOOM's fused output is (heads, 3, head_dim): q, k, v of each head in turn."""
+    dim = hidden // heads
+    return [h * 3 * dim + dim + j for h in range(heads) for j in range(dim)]
+
 
 # BLOOM (the release's other vendored decoder): fused query_key_value, ALiBi (no position
 # table), a LayerNorm right after the embeddings.
@@ -327,6 +338,7 @@ BLOOM = Family(
     norms_outside_blocks=("transformer.word_embeddings_layernorm", "transformer.ln_f"),
     linear_roles=_FUSED_LINEAR,
     bitfit_roles=_FUSED_LINEAR,
+    fused_key_rows=lambda config: _bloom_key_rows(config.hidden_size, config.n_head),
 )
 
 FAMILIES = (BERT, MPNET, DISTILBERT, DEBERTA_V2, T5, LLAMA, OPT, GPT2, BLOOM)
@@ -338,6 +350,10 @@ GROUP_ROLES = {
     "paper_biases": "the bias terms the paper's BitFit trains (BERT: all but the FFN's first layer; "
                     "T5: every linear layer's incl. the LM head over the tokenizer's rows, the relative-position "
                     "tables and one new table per decoder cross-attention, as the release)",
+    "outputs": "the paper's Add (Eq. 14): a vector on every layer output where one can train -- each linear "
+               "layer's (the LM head's included, over BitFit's rows; under an APET mask not the key projections', "
+               "nor the key rows of a fused q/k/v layer), each norm's (its bias, or one added where it has none), "
+               "and the relative-position tables BitFit trains: at least what BitFit trains, less its key biases",
     "embeddings": "the input token embeddings (a prompt is prepended here)",
     "all": "every parameter of the backbone (full fine-tuning)",
     "any": "whole backbone tensors at random, half where the matched method sits, the last one masked "

@@ -4,7 +4,8 @@
 weight (add-weight), a vector on its output (add: the bias delta), then its extras (a LowRank beside it, a Plugin after it, a
 registered op's layer) -- any subset. ``AddedParam`` adds a masked delta to any parameter
 of any other module (LayerNorm biases for BitFit, embedding rows) through
-``torch.func.functional_call``. ``CrossPositionBias`` gives a T5 cross-attention the
+``torch.func.functional_call``. ``AddedOutput`` adds a masked vector to the output of a
+module that has no bias to take it (an RMS norm). ``CrossPositionBias`` gives a T5 cross-attention the
 relative-position table the release's BitFit trains.
 """
 
@@ -40,6 +41,9 @@ class DeltaLinear(nn.Module):
         self.base = base
         self.weight_delta: MaskedTensor | None = None
         self.bias_delta: MaskedTensor | None = None
+        # the output rows bias_delta covers when not all (a fused q/k/v layer's, without the key's);
+        # not in the state: the plan gives it again
+        self.register_buffer("bias_rows", None, persistent=False)
         self.extras: list[str] = []  # child modules ``(x, y) -> y``, applied in this order
 
     def add_extra(self, name: str, module: nn.Module) -> None:
@@ -71,7 +75,9 @@ class DeltaLinear(nn.Module):
             y = F.linear(x, weight, bias)
         if self.bias_delta is not None:
             b = self.bias_delta().to(y.dtype)
-            if b.shape[-1] < y.shape[-1]:  # T5's LM-head bias covers the tokenizer's rows, not the padding
+            if self.bias_rows is not None:
+                b = b.new_zeros(y.shape[-1]).index_copy(0, self.bias_rows, b)
+            elif b.shape[-1] < y.shape[-1]:  # T5's LM-head bias covers the tokenizer's rows, not the padding
                 b = F.pad(b, (0, y.shape[-1] - b.shape[-1]))
             y = y + b
         for name in self.extras:
@@ -97,6 +103,25 @@ class AddedParam(nn.Module):
     def forward(self, *args, **kwargs):
         params = {name: getattr(self.base, name) + delta() for name, delta in self.deltas.items()}
         return functional_call(self.base, params, args, kwargs)
+
+
+class AddedOutput(nn.Module):
+    """Add (Eq. 14) on a module without a bias: ``module(x) + W~`` (a T5 or Llama RMS norm)."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        self.bias_delta: MaskedTensor | None = None
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # ``norm.weight``, ``norm.variance_epsilon`` as the module had them
+            return getattr(super().__getattr__("base"), name)
+
+    def forward(self, *args, **kwargs):
+        y = self.base(*args, **kwargs)
+        return y if self.bias_delta is None else y + self.bias_delta().to(y.dtype)
 
 
 class CrossPositionBias(nn.Module):

@@ -128,7 +128,8 @@ def _hosts(backbone: nn.Module, fam: Family, spec: DeltaSpec) -> list[Host]:
             raise UserError(f"op {spec.op} takes no linear positions, not {role!r}")
         else:
             found = [Host(op.linear, p) for p in modules_for_role(backbone, fam, role)]
-        kept = [h for h in found if h.path not in dead]
+        # a host that names its output rows has left a fused layer's key rows out itself
+        kept = [h for h in found if h.path not in dead or h.out_rows is not None]
         if found and not kept:
             raise UserError(f"{spec.op} at {role!r}: {op.dead_because}")
         hosts += kept
@@ -148,7 +149,10 @@ def _placement(backbone: nn.Module, host: Host, path: str, size: int | None) -> 
     slots = kind.slots(backbone.get_submodule(host.path), size, host.param)
     if host.rows is not None:  # a vector over fewer rows than the layer's outputs
         slots = [dataclasses.replace(s, shape=(host.rows,)) for s in slots]
-    return Placement(host.kind, path, slots, size=size if kind.max_size is not None else None, param=host.param)
+    if host.out_rows is not None:  # ... or over some of them (a fused q/k/v layer's, not the key's)
+        slots = [dataclasses.replace(s, shape=(len(host.out_rows),)) for s in slots]
+    return Placement(host.kind, path, slots, size=size if kind.max_size is not None else None, param=host.param,
+                     out_rows=host.out_rows)
 
 
 # ---- sizes and budgets ---------------------------------------------------------------

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from apet_ray.delta.architectures import Family, has_module, modules_for_role
-from apet_ray.delta.layers import AddedParam, CrossPositionBias, DeltaLinear, wrap
+from apet_ray.delta.layers import AddedOutput, AddedParam, CrossPositionBias, DeltaLinear, wrap
 from apet_ray.delta.masked import MaskedTensor
 from apet_ray.delta.ops import LowRank, Plugin, PromptTokens
 from apet_ray.errors import UserError
@@ -61,6 +61,7 @@ class Host(NamedTuple):
     param: str | None = None  # which parameter of the module (kind "param")
     rows: int | None = None  # a vector slot's length when shorter than the kind's (T5's LM-head bias)
     k: int | None = None  # a preset count (position "any" picks its tensors and counts itself)
+    out_rows: tuple[int, ...] | None = None  # the output rows a vector slot covers when not all (kind "bias")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Placement:
     size: int | None = None  # rank / bottleneck / prompt length
     param: str | None = None  # for kind == "param": which parameter of the module
     block: int | None = None  # aligned Adjacent pair: rank/bottleneck indices both sides train
+    out_rows: tuple[int, ...] | None = None  # a bias slot over these output rows only (Host.out_rows)
 
     @property
     def pair(self) -> Pair | None:
@@ -148,6 +150,7 @@ REFUSED = {
     "embeddings": "a {op} cannot sit on the input embeddings (use concat for a prompt)",
     "biases": "position {role!r} takes the add op",
     "paper_biases": "position {role!r} takes the add op",
+    "outputs": "position {role!r} (a vector on every layer output) takes the add op",
     "norm": "op {op} needs linear positions, not {role!r}",
 }
 
@@ -213,6 +216,36 @@ def _biases(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> list[Hos
     return hosts
 
 
+def _outputs(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> list[Host]:
+    """The paper's Add at every layer output where a vector can train: a superset of what
+    BitFit trains (``paper_biases``) but its key biases, so that APET matched to BitFit
+    masks BitFit's count inside a larger set.
+
+    Each linear layer of the blocks (the key projections' are left out by the op's dead
+    roles; of a fused q/k/v layer, under an APET mask, only its key rows), the LM head over
+    BitFit's rows (T5: the tokenizer's), every norm (its own bias, or a vector added to its
+    output where it has none: RMS norms), and the relative-position tables BitFit trains."""
+    fused_keys = set(fam.fused_key_rows(backbone.config)) if fam.fused_key_rows and spec.distribution != "full" else ()
+    fused = set(modules_for_role(backbone, fam, "qkv")) if fused_keys else set()
+    hosts = []
+    for path in modules_for_role(backbone, fam, "linear"):
+        width = backbone.get_submodule(path).weight.shape[0]
+        rows = tuple(r for r in range(width) if r not in fused_keys) if path in fused else None
+        hosts.append(Host("bias", path, out_rows=rows))
+    head = backbone.get_output_embeddings()
+    if isinstance(head, nn.Linear):
+        path = next(name for name, m in backbone.named_modules() if m is head)
+        rows = fam.bitfit_linear_rows(backbone.config) if fam.bitfit_linear_rows and path in fam.bitfit_linears else None
+        hosts.append(Host("bias", path, rows=rows))
+    for path in modules_for_role(backbone, fam, "norm") + list(fam.norms_outside_blocks):
+        has_bias = getattr(backbone.get_submodule(path), "bias", None) is not None
+        hosts.append(Host("param", path, "bias") if has_bias else Host("output", path))
+    hosts += [Host("param", p, "weight") for p in fam.bitfit_tables if has_module(backbone, p)]
+    # last: wrapping an attention module moves its linear layers' paths under it
+    hosts += [Host("table", p) for p in (fam.bitfit_new_tables(backbone) if fam.bitfit_new_tables else ())]
+    return hosts
+
+
 def _norm_weights(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> list[Host]:
     return [Host("param", p, "weight") for p in modules_for_role(backbone, fam, role)]
 
@@ -224,6 +257,13 @@ def _install_weight(model: nn.Module, p: Placement, spec: Spec, masked: Masked) 
 
 def _install_bias(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
     layer = wrap(model, p.path, DeltaLinear)
+    layer.bias_delta = masked(layer.base.weight)["bias_delta"]
+    if p.out_rows is not None:
+        layer.bias_rows = torch.tensor(p.out_rows, dtype=torch.long, device=layer.base.weight.device)
+
+
+def _install_output(model: nn.Module, p: Placement, spec: Spec, masked: Masked) -> None:
+    layer = wrap(model, p.path, AddedOutput)
     layer.bias_delta = masked(layer.base.weight)["bias_delta"]
 
 
@@ -254,6 +294,9 @@ BIAS = PlacementKind("bias", lambda m, size, param: [Slot("bias_delta", (m.weigh
                      _install_bias)
 PARAM = PlacementKind("param", lambda m, size, param: [Slot(param, tuple(getattr(m, param).shape), "zeros")],
                       _install_param)
+# a vector on the output of a module with no bias (an RMS norm: its weight's width)
+OUTPUT = PlacementKind("output", lambda m, size, param: [Slot("bias_delta", (m.weight.shape[0],), "zeros")],
+                       _install_output)
 # a relative-position table a T5 cross-attention did not have (BitFit as the release counts it)
 TABLE = PlacementKind("table", _table_slots, _install_table)
 # named_parameters() yields a tied parameter once: it trains (and counts) once
@@ -269,11 +312,13 @@ def _weights_only(backbone: nn.Module, fam: Family, role: str, spec: Spec) -> li
 # The paper's Add (Eq. 14, "similar to BitFit"): f(h) + W~ (.) m, an input-independent vector
 # added to a layer's output. On a linear layer that vector is the layer's (added) bias, so at
 # BitFit's positions it is BitFit, and at any linear role it is one out_features vector per
-# layer; at "biases" also the norms' biases. Its capacity is those vectors' total size
-# (every budget up to it is exact); above it the refusal points to add-weight.
-register(Op("add", defaults=("biases",), linear="bias", match_positions=False,
-            kinds=(BIAS, PARAM, TABLE, INPLACE),
-            at={"all": _in_place, "biases": _biases, "paper_biases": _biases,
+# layer; at "biases" also the norms' biases; at "outputs" (its default) every layer output
+# where a vector can train, which holds BitFit's count on every family. Its capacity is
+# those vectors' total size (every budget up to it is exact); above it the refusal points
+# to add-weight.
+register(Op("add", defaults=("outputs",), linear="bias", match_positions=False,
+            kinds=(BIAS, PARAM, TABLE, OUTPUT, INPLACE),
+            at={"all": _in_place, "biases": _biases, "paper_biases": _biases, "outputs": _outputs,
                 "embeddings": _weights_only, "norm": _weights_only},
             too_large="the paper's add holds one vector per layer output; for a sparse delta on the "
                       "weights use --op add-weight",

@@ -67,7 +67,8 @@ class DeltaSpec:
         Default positions: for concat and plugin, the matched method's when it uses the same
         op (so APET differs from it only in its masks and size); otherwise the op's own
         default (``registry.Op.defaults``). Add (the paper's Eq. 14) defaults to every layer
-        output that has or takes a bias (``biases``), add-weight to the linear weights (the
+        output where a vector can train (``outputs``: a superset of BitFit's positions but
+        its key biases, so it holds BitFit's count on every family), add-weight to the linear weights (the
         authors' BERT variant masked the model's own weights): on BitFit's own positions a
         matched budget would fill every entry.
         """

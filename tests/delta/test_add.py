@@ -18,9 +18,12 @@ from support import shared_or_skip, tiny_classifier, tiny_seq2seq
 # tiny BERT (d 32, FFN 48, 2 layers): 2 x (3 x 32 + 48 + 32) linear outputs (q, v, attention
 # output, FFN in and out; not the key's: softmax ignores it) + 5 LayerNorm biases x 32
 BERT_CAPACITY = 2 * (3 * 32 + 48 + 32) + 5 * 32
-# tiny T5 (d 32, gated FFN 48, 2 + 2 blocks; RMS norms have no bias, no key outputs): encoder
-# 3 x 32 + 2 x 48 + 32, decoder 6 x 32 + 2 x 48 + 32, per block
-T5_CAPACITY = 2 * (3 * 32 + 2 * 48 + 32) + 2 * (6 * 32 + 2 * 48 + 32)
+# tiny T5 (d 32, gated FFN 48, 2 + 2 blocks; no key outputs): encoder 3 x 32 + 2 x 48 + 32,
+# decoder 6 x 32 + 2 x 48 + 32, per block; the LM head's 120 rows; a vector on each of the 12
+# RMS norms (2 + 3 per block, 2 final), which have no bias of their own; and BitFit's four
+# relative-position tables (32 buckets x 4 heads: the two self-attention ones, two new cross ones)
+T5_LINEAR_OUTPUTS = 2 * (3 * 32 + 2 * 48 + 32) + 2 * (6 * 32 + 2 * 48 + 32)
+T5_CAPACITY = T5_LINEAR_OUTPUTS + 120 + 12 * 32 + 4 * 32 * 4
 
 
 def _model(family):
@@ -46,9 +49,10 @@ def test_add_hits_every_budget_up_to_its_capacity_exactly(family, capacity, dist
         plan = attach(model, DeltaSpec.apet("add", distribution, budget=budget, seed=budget))
         assert plan.count == count_deltas(model) == budget
         assert sum(m.k for m in model.modules() if isinstance(m, MaskedTensor)) == budget
-        # output vectors only: a linear layer's bias delta or a norm's bias, never a weight
-        assert {p.kind for p in plan.placements} <= {"bias", "param"}
-        assert all(p.param in (None, "bias") for p in plan.placements)
+        # output vectors only: a linear layer's bias delta, a norm's bias (or a vector added to
+        # a norm without one), T5's relative-position tables (additive on the scores); never a weight
+        assert {p.kind for p in plan.placements} <= {"bias", "param", "output", "table"}
+        assert all(p.param in (None, "bias") or p.path.endswith("relative_attention_bias") for p in plan.placements)
     with pytest.raises(UserError, match=rf"at most {capacity:,}\): .*--op add-weight"):
         make_plan(_model(family), DeltaSpec.apet("add", distribution, budget=capacity + 1))
 
@@ -79,7 +83,10 @@ def test_add_starts_at_zero_and_every_counted_entry_and_only_those_get_gradients
     assert sum(p.numel() for p in trainable) == sum(m.k for m in masked) == 150
     assert {id(p) for p in trainable} == {id(m.values) for m in masked}  # nothing else trains
     _out(model, batch).double().pow(2).sum().backward()
-    assert all(m.values.grad is not None and bool((m.values.grad != 0).all()) for m in masked)
+    assert all(m.values.grad is not None for m in masked)
+    # a position table's far buckets see no pair of these 7 tokens: every other entry moves
+    tables = {id(m) for n, m in model.named_modules() if "relative_attention_bias" in n}
+    assert all(bool((m.values.grad != 0).all()) for m in masked if id(m) not in tables)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
 

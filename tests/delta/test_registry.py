@@ -107,7 +107,7 @@ def test_unregistering_leaves_the_builtin_ops():
     register(SCALE)
     unregister("scale")
     assert list(OPS) == ["add", "add-weight", "concat", "plugin"]
-    assert list(PLACEMENT_KINDS) == ["bias", "param", "table", "inplace", "weight", "prompt", "lowrank", "plugin"]
+    assert list(PLACEMENT_KINDS) == ["bias", "param", "table", "output", "inplace", "weight", "prompt", "lowrank", "plugin"]
     with pytest.raises(UserError, match="unknown op 'scale'"):
         DeltaSpec.apet("scale", budget=5)
 
