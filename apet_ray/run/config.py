@@ -33,6 +33,7 @@ class TrainConfig:
     custom: dict | None = None  # bring-your-own task: keyword arguments of tasks.custom_task (its name is ``task``)
     seed: int = 0
     batch_size: int = 32  # global, split over the workers
+    grad_accum: int = 1  # each worker's share in this many micro-batches, one update: the same step, less memory
     lr: float | None = None  # None: the paper's (3e-4; 5e-5 on RTE)
     prompt_lr: float | None = None  # soft prompts; None: the paper's (3e-2; 5e-5 on RTE)
     weight_decay: float = 0.01  # AdamW's; the paper's release trains with the Trainer's 0
@@ -153,6 +154,11 @@ def check_config(cfg: TrainConfig) -> RunPlan:
         raise UserError(f"workers must be 0 (train in this process) or more, not {cfg.workers!r}")
     if cfg.batch_size < max(cfg.workers, 1):
         raise UserError(f"batch size {cfg.batch_size} cannot be split over {cfg.workers} workers")
+    if not isinstance(cfg.grad_accum, int) or isinstance(cfg.grad_accum, bool) or cfg.grad_accum < 1:
+        raise UserError(f"grad_accum must be a positive whole number, not {cfg.grad_accum!r}")
+    if cfg.batch_size // max(cfg.workers, 1) < cfg.grad_accum:
+        raise UserError(f"a batch of {cfg.batch_size} over {max(cfg.workers, 1)} worker(s) cannot be cut into "
+                        f"{cfg.grad_accum} micro-batches")
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {cfg.strategy!r} (known: {', '.join(STRATEGIES)})")
     if cfg.strategy in ("ddp", "fsdp") and cfg.workers == 0:

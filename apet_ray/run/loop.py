@@ -106,16 +106,18 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     sent = 0  # evaluations of record.history already reported by this process
     for step in range(first_step, cfg.max_steps):
         rows = shard(global_batch(len(train_data), cfg.batch_size, step, cfg.seed), rank, world)
-        batch = {k: v.to(device) for k, v in collate(train_data, rows, tokenizer.pad_token_id, info.kind).items()}
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout depends on the step alone: exact resumes
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = model(**batch)["loss"]
-        loss.backward()
+        loss = 0.0
+        for batch, share in _micro_batches(train_data, rows, cfg.grad_accum, tokenizer.pad_token_id, info.kind, device):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                part = model(**batch)["loss"] * share  # the batch's mean loss, assembled part by part
+            part.backward()
+            loss += float(part.detach())
+            tokens += int(batch["attention_mask"].sum())
         _set_lr(optimizer, cfg.schedule, step, cfg.max_steps)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        tokens += int(batch["attention_mask"].sum())
+        losses.append(loss)
 
         done = step + 1
         if done % cfg.eval_every and done != cfg.max_steps:
@@ -178,6 +180,19 @@ def _adamw(named: dict[str, torch.Tensor], base_lr: float, prompt_lr: float, wei
     groups = [{"params": [p for n, p in named.items() if not n.startswith("prompt.")], "lr": base_lr, "base_lr": base_lr},
               {"params": [p for n, p in named.items() if n.startswith("prompt.")], "lr": prompt_lr, "base_lr": prompt_lr}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
+
+
+def _micro_batches(data, rows: list[int], parts: int, pad_id: int, kind: str, device):
+    """This rank's rows in ``parts`` micro-batches, each with its share of the batch's loss:
+    the losses are means over the counted targets (class labels, or target tokens not
+    ignored), so a part's share is its count over the batch's and the summed gradients are
+    the whole batch's."""
+    batches = [{k: v.to(device) for k, v in collate(data, chunk, pad_id, kind).items()}
+               for chunk in (rows[i::parts] for i in range(parts)) if chunk]
+    # a decoder's loss is over the labels shifted by one: its first label is never counted
+    counted = [int((b["labels"][:, 1:] if kind == Kind.CAUSAL else b["labels"]).ne(-100).sum()) for b in batches]
+    total = max(sum(counted), 1)
+    return [(b, n / total) for b, n in zip(batches, counted)]
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, schedule: str, step: int, max_steps: int) -> None:

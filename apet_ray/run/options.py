@@ -31,6 +31,8 @@ RUN_OPTIONS = (
            when_unset="the hub, then the packaged copy"),
     Option("data_source", str, "where task data comes from", choices=DATA_SOURCES),
     Option("batch_size", int, "global batch size, split over the workers"),
+    Option("grad_accum", int, "gradient accumulation: each worker's share of the batch in this many micro-batches "
+           "and one update (the same step as the whole batch, a fraction of the activation memory)"),
     Option("lr", float, "learning rate", when_unset="the paper's, 3e-4; 5e-5 on RTE"),
     Option("prompt_lr", float, "soft-prompt learning rate", when_unset="the paper's, 3e-2; 5e-5 on RTE"),
     Option("weight_decay", float, "AdamW weight decay of the trainable deltas (the paper's release: 0)"),

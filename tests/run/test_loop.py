@@ -238,3 +238,28 @@ def test_a_run_records_what_produced_it():
     assert record.precision in ("fp32", "bf16") and record.device
     row = rows_from_record(record, "s", "t", "finished", "v").trial
     assert (row["workers"], row["strategy"], row["device"]) == (0, "none", record.device)
+
+
+@pytest.mark.parametrize("kind", ["bert", "t5"])
+def test_gradient_accumulation_takes_the_whole_batchs_step(tmp_path, kind):
+    import json
+
+    folder = saved_model(kind, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout_rate"):  # dropout off: same masks
+        if key in config:
+            config[key] = 0.0
+    (folder / "config.json").write_text(json.dumps(config))
+    spec = DeltaSpec.pet("lora") if kind == "t5" else DeltaSpec.apet("add-weight", "discrete", budget=3000, seed=1)
+    records = {}
+    for parts in (1, 4):
+        out = tmp_path / f"accum-{parts}"
+        recorder = Recorder(out)
+        records[parts] = train(tiny(model=str(folder), spec=spec, grad_accum=parts, max_steps=3, eval_every=3,
+                                    batch_size=8, precision="fp32"), report=recorder)  # bf16 rounds each part
+        records[parts, "deltas"] = read_deltas(recorder.folders[-1] / "deltas.safetensors")[0]
+    assert records[1].history[-1]["loss"] == pytest.approx(records[4].history[-1]["loss"], abs=1e-5)
+    for name, value in records[1, "deltas"].items():
+        torch.testing.assert_close(records[4, "deltas"][name], value, atol=1e-5, rtol=1e-5)
+    with pytest.raises(UserError, match="cannot be cut into 16 micro-batches"):
+        check_config(tiny(grad_accum=16, batch_size=8))
