@@ -9,7 +9,7 @@ and APET-Discrete with exactly each PET method's number of trainable parameters.
 
 from pathlib import Path
 
-from apet_ray.delta import DeltaSpec
+from apet_ray.delta import DeltaSpec, split_methods
 from apet_ray.study import (csv, main, model_tasks, parse, run_study, seeds, study_arguments, study_config,
                             trial_config)
 
@@ -34,24 +34,25 @@ PAPER = Path(__file__).parent / "configs" / "structure_ablation" / "paper.yaml"
 
 def run(argv=None):
     parser = study_arguments(__doc__.splitlines()[0], DEFAULTS, PAPER)
-    parser.add_argument("--methods", help="PET methods to compare (default: prompt,bitfit,lora,adapter)")
+    parser.add_argument("--methods", help="PET methods to compare (default: prompt,bitfit,lora,adapter); peft's "
+                        "as peft:<type>[?key=value&...], e.g. peft:ia3 (docs/extending.md)")
     parser.add_argument("--apet-match", help="which of --methods APET is matched to, by count (default: "
                         "bitfit,lora,adapter; paper: all four)")
     parser.add_argument("--distributions", help="APET mask distributions")
     args = parse(parser, argv)
-    for name in csv(args.apet_match):
-        DeltaSpec.pet(name)  # an unknown name is refused here, in one line
+    # an unknown name is refused here, in one line; arms compare in canonical form (peft options sorted)
+    matched = {DeltaSpec.pet(name).arm for name in split_methods(args.apet_match)}
     trials = []
     for model, task in model_tasks(args):
         for seed in seeds(args.seeds):
             trials.append(trial_config(args, model, task, seed, spec=DeltaSpec.pet("ft", seed=seed)))
-            for method in csv(args.methods):
+            for method in split_methods(args.methods):
                 pet = DeltaSpec.pet(method, seed=seed)
                 trials.append(trial_config(args, model, task, seed, spec=pet))
-                if method not in csv(args.apet_match):
+                if pet.arm not in matched:
                     continue
-                for distribution in csv(args.distributions):
-                    apet = DeltaSpec.apet(pet.op, distribution, match=method, seed=seed)
+                for distribution in csv(args.distributions):  # a peft arm's twin: concat (LoRA), add (IA3), add-weight
+                    apet = DeltaSpec.apet(pet.twin_op, distribution, match=pet.arm, seed=seed)
                     trials.append(trial_config(args, model, task, seed, spec=apet))
     # no ASHA unless asked (--asha): the table compares final scores, PET and matched APET
     # step for step, and a stopped trial has none

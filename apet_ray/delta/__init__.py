@@ -19,12 +19,13 @@ from apet_ray.delta.checkpoint import load_deltas, load_state, read_deltas, save
 from apet_ray.delta.masked import MaskedTensor
 from apet_ray.delta.masks import MASKS
 from apet_ray.delta.plan import Plan, make_plan
-from apet_ray.delta.methods import OPS, Method, label_of, matchable_methods, method_names, pet_methods, register
+from apet_ray.delta.methods import (OPS, Method, label_of, matchable_methods, method_names, pet_methods, register,
+                                    split_methods)
 from apet_ray.delta.spec import DISTRIBUTIONS, DeltaSpec
 
 __all__ = [
     "DeltaSpec", "Plan", "MaskedTensor", "MASKS", "OPS", "DISTRIBUTIONS",
-    "Method", "register", "pet_methods", "method_names", "matchable_methods", "label_of",
+    "Method", "register", "pet_methods", "method_names", "matchable_methods", "label_of", "split_methods",
     "attach", "make_plan", "count_deltas", "count_trainable", "count_backbone", "trainable_state_dict",
     "save_deltas", "load_deltas", "load_state", "read_deltas", "spec_of",
 ]

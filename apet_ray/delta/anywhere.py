@@ -49,7 +49,9 @@ def tensors(backbone: nn.Module, fam: Family) -> list[tuple[str, str, int]]:
 
 def _pet_tensors(backbone: nn.Module, fam: Family, spec) -> set[tuple[str, str]]:
     """The backbone tensors at the positions of the matched method (else the op's defaults)."""
-    roles = get_method(spec.match).positions if spec.match else OPS[spec.op].defaults
+    # a peft arm has no roles of its own here: the op's defaults stand for its positions
+    matched = spec.match and not spec.match.startswith("peft:")
+    roles = get_method(spec.match).positions if matched else OPS[spec.op].defaults
     found: set[tuple[str, str]] = set()
     for role in roles:
         if role == ANY:

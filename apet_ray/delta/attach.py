@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from apet_ray.delta.masked import MaskedTensor
-from apet_ray.delta import masks
+from apet_ray.delta import masks, peft_arm
 from apet_ray.delta.masks import MASKS
+from apet_ray.delta.architectures import family_of
 from apet_ray.delta.plan import Placement, Plan, backbone_of, make_plan
 from apet_ray.delta.registry import PLACEMENT_KINDS, Slot
 from apet_ray.delta.spec import DeltaSpec
@@ -30,6 +31,11 @@ def attach(model: nn.Module, spec: DeltaSpec) -> Plan:
     """
     if getattr(model, "apet_spec", None) is not None:
         raise UserError("this model already has deltas attached; build a fresh model for a new spec")
+    if spec.is_peft:  # peft builds its own modules: no placements, counted from what it trains
+        plan = Plan(spec=spec, family=family_of(backbone_of(model)[0]))
+        peft_arm.install(model, spec)
+        model.apet_spec, model.apet_plan = spec, plan
+        return plan
     plan = make_plan(model, spec)
     backbone, _ = backbone_of(model)
     backbone.requires_grad_(False)
@@ -121,6 +127,8 @@ def count_deltas(model: nn.Module) -> int:
 
 def count_backbone(model: nn.Module) -> int:
     """Parameters of the pre-trained backbone, tied weights counted once, deltas excluded."""
+    if hasattr(model, "apet_backbone_params"):  # a peft arm: counted before peft added its layers
+        return model.apet_backbone_params
     backbone, _ = backbone_of(model)
     delta_ids = {id(m.values) for m in model.modules() if isinstance(m, MaskedTensor)}
     return sum(p.numel() for _, p in backbone.named_parameters() if id(p) not in delta_ids)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from apet_ray.delta import peft_names
 from apet_ray.delta.registry import OPS
 from apet_ray.errors import UserError
 
@@ -60,7 +61,7 @@ def unregister(name: str) -> None:
 
 def get_method(name: str) -> Method:
     if name not in _REGISTRY:
-        raise UserError(f"unknown method {name!r} (known: {', '.join(method_names())})")
+        raise UserError(f"unknown method {name!r} (known: {', '.join(method_names())}, or peft:<type>)")
     return _REGISTRY[name]
 
 
@@ -80,7 +81,9 @@ def matchable_methods() -> tuple[str, ...]:
 
 
 def label_of(name: str) -> str:
-    """Display label; an unknown name (an old results file) shows as itself."""
+    """Display label; a peft arm as ``peft LORA (r=16)``; an unknown name (an old results file) as itself."""
+    if peft_names.is_peft(name):
+        return peft_names.label(name)
     return _REGISTRY[name].label if name in _REGISTRY else ("APET" if name == APET else name)
 
 
@@ -97,6 +100,22 @@ def display_label(method: str, op: str = "", distribution: str = "", match: str 
     elif budget is not None:
         inside.append(f"{budget:,}")
     return f"{name} ({', '.join(inside)})" if inside else name
+
+
+def split_methods(text: str | None) -> list[str]:
+    """A ``--methods`` list: ``lora,peft:lora?target_modules=query,value,bitfit`` is three
+    arms. A comma piece that is no method of its own (no ``peft:`` prefix, not a registered
+    name) continues the options of the peft arm before it."""
+    arms: list[str] = []
+    for piece in (p.strip() for p in (text or "").split(",")):
+        if not piece:
+            continue
+        if (arms and peft_names.is_peft(arms[-1]) and "?" in arms[-1] and not peft_names.is_peft(piece)
+                and piece not in method_names()):
+            arms[-1] += "," + piece
+        else:
+            arms.append(piece)
+    return arms
 
 
 def order_of(name: str) -> int:

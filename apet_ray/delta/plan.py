@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from apet_ray.delta import anywhere
+from apet_ray.delta import anywhere, peft_arm, peft_names
 from apet_ray.delta.anywhere import ANY
 from apet_ray.delta.architectures import Family, family_of, modules_for_role
 from apet_ray.delta.methods import label_of
@@ -74,7 +74,9 @@ def make_plan(model: nn.Module, spec: DeltaSpec) -> Plan:
     backbone, prefix = backbone_of(model)
     fam = family_of(backbone)
     requested = spec.budget
-    if spec.match is not None:
+    if peft_names.is_peft(spec.match):  # a peft arm's exact count on the same model
+        requested = peft_arm.count(model, DeltaSpec.pet(spec.match))
+    elif spec.match is not None:
         requested = make_plan(model, DeltaSpec.pet(spec.match)).count
     plan = Plan(spec=spec, family=fam, requested=requested)
     if ANY in spec.positions:  # whole tensors at random, each with its count (anywhere.py)

@@ -12,13 +12,15 @@ import json
 import numbers
 from dataclasses import dataclass
 
+from apet_ray.delta import peft_names
 from apet_ray.delta.methods import APET, OPS, display_label, get_method, label_of, matchable_methods, method_names
 from apet_ray.errors import UserError
 
 DISTRIBUTIONS = ("full", "adjacent", "discrete")
 PLUGIN_INITS = ("kaiming", "release")
 # fields added after specs were first stored, with their defaults (left out of to_json there)
-_LATER_FIELDS = {"plugin_init": "kaiming"}
+_LATER_FIELDS = {"plugin_init": "kaiming", "options": ""}
+PEFT_OP = "peft"  # the op of a peft arm: peft builds its modules (peft_arm), not the registry
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,18 @@ class DeltaSpec:
     # plugin projections: "kaiming" (down kaiming-uniform as peft, up zero: outputs unchanged at
     # attach) or "release" (both N(0, 0.01), the release's adapter: the paper's values)
     plugin_init: str = "kaiming"
+    # a peft arm's config options, canonical ``key=value&...`` (method ``peft:<type>``, op ``peft``)
+    options: str = ""
 
     # ---- constructors -------------------------------------------------------------
     @staticmethod
     def pet(method: str, seed: int = 0) -> "DeltaSpec":
-        """A registered PET method with its preset settings (``delta.methods``)."""
+        """A registered PET method with its preset settings (``delta.methods``), or a peft arm
+        ``peft:<type>?key=value&...`` (peft's own modules, ``delta.peft_arm``)."""
+        if peft_names.is_peft(method):
+            name, options = peft_names.parse_arm(method)
+            return DeltaSpec(method=peft_names.peft_type(name), op=PEFT_OP, positions=(), options=options,
+                             seed=seed).validated()
         m = get_method(method)
         return DeltaSpec(method=m.name, op=m.op, positions=m.positions, size=m.size, alpha=m.alpha,
                          activation=m.activation, seed=seed).validated()
@@ -74,7 +83,10 @@ class DeltaSpec:
         """
         if op not in OPS:
             raise UserError(f"unknown op {op!r} (known: {', '.join(OPS)})")
-        matched = DeltaSpec.pet(match) if match is not None and match in matchable_methods() else None
+        if peft_names.is_peft(match):  # one spelling of each arm: canonical type and options
+            match = DeltaSpec.pet(match).arm
+        known = match is not None and (match in matchable_methods() or peft_names.is_peft(match))
+        matched = DeltaSpec.pet(match) if known else None
         twin = matched is not None and matched.op == op  # the PET method APET differs from only in masks
         if positions is None:
             positions = matched.positions if twin and OPS[op].match_positions else OPS[op].defaults
@@ -108,6 +120,8 @@ class DeltaSpec:
 
     # ---- checks -----------------------------------------------------------------
     def validated(self) -> "DeltaSpec":
+        if peft_names.is_peft(self.method):
+            return self._validated_peft()
         if self.method not in method_names():
             raise UserError(f"unknown method {self.method!r} (known: {', '.join(method_names())})")
         if self.op not in OPS:
@@ -120,7 +134,9 @@ class DeltaSpec:
             raise UserError("give either a budget or a method to match, not both")
         if self.budget is not None:
             check_budget(self.budget)
-        if self.match is not None and self.match not in matchable_methods():
+        if peft_names.is_peft(self.match):
+            DeltaSpec.pet(self.match)  # a peft arm that cannot be one is refused here
+        elif self.match is not None and self.match not in matchable_methods():
             if self.match in method_names():
                 raise UserError(f"matching {label_of(self.match)}'s count is not a parameter-efficient budget; give --budget N")
             raise UserError(f"cannot match unknown method {self.match!r} (known: {', '.join(matchable_methods())})")
@@ -135,6 +151,32 @@ class DeltaSpec:
         if self.plugin_init not in PLUGIN_INITS:
             raise UserError(f"unknown plugin init {self.plugin_init!r} (known: {', '.join(PLUGIN_INITS)})")
         return self
+
+    def _validated_peft(self) -> "DeltaSpec":
+        name, options = peft_names.parse_arm(peft_names.arm_name(self.method, self.options))
+        if (name, options) != (self.method, self.options):
+            raise UserError(f"peft arm {self.arm!r} is not in canonical form (DeltaSpec.pet gives it)")
+        if (self.op, self.positions, self.distribution, self.budget, self.match) != (PEFT_OP, (), "full", None, None):
+            raise UserError(f"{self.method} is peft's method at its own settings: give its options as "
+                            f"{self.method}?key=value, not APET fields")
+        peft_names.check_options(self.method, self.options)
+        return self
+
+    @property
+    def is_peft(self) -> bool:
+        """Trained through peft's own modules (``peft:<type>``), not the op registry."""
+        return peft_names.is_peft(self.method)
+
+    @property
+    def arm(self) -> str:
+        """The method as a study's ``--methods`` names it: ``lora``, ``peft:lora?r=16``."""
+        return peft_names.arm_name(self.method, self.options)
+
+    @property
+    def twin_op(self) -> str:
+        """The op APET takes when a study matches it to this method: the method's own, or for a
+        peft arm ``peft_names.twin_op`` (LoRA concat, IA3 add, otherwise add-weight)."""
+        return peft_names.twin_op(self.method) if self.is_peft else self.op
 
     # ---- serialisation (stored in checkpoints and results) --------------------------
     def to_json(self) -> str:
@@ -152,7 +194,9 @@ class DeltaSpec:
 
     @property
     def label(self) -> str:
-        """Human-readable name, e.g. ``APET-Discrete (add, =LoRA)``."""
+        """Human-readable name, e.g. ``APET-Discrete (add, =LoRA)``, ``peft LORA (r=16)``."""
+        if self.is_peft:
+            return label_of(self.arm)
         return display_label(self.method, self.op, self.distribution, self.match or "", self.budget)
 
 

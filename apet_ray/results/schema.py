@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from apet_ray.delta import DISTRIBUTIONS as SPEC_DISTRIBUTIONS
 from apet_ray.delta import OPS, matchable_methods, method_names
+from apet_ray.delta.peft_names import is_peft
 from apet_ray.delta.architectures import KINDS
 
 SCHEMA_VERSION = "3"  # 2: trials gained family, majority, peak_memory_mb, tokens_per_s, checkpoint_bytes;
@@ -161,7 +162,8 @@ def _check_value(table: str, i: int, f: pa.Field, value: object) -> object:
             except ValueError as exc:
                 raise ValueError(f"{where}: not valid JSON ({exc})") from None
         choices = _CHOICES[f.name]() if f.name in _CHOICES else None
-        if choices and value not in choices:
+        peft_arm = f.name in ("method", "match") and is_peft(value)  # peft:<type>, any peft method
+        if choices and value not in choices and not peft_arm:
             raise ValueError(f"{where}: {value!r} is not one of {', '.join(choices)}")
         return value
     if isinstance(value, bool):  # bool is an int subclass; never what a count means

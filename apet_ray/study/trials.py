@@ -14,14 +14,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from apet_ray.delta import DeltaSpec
+from apet_ray.delta.peft_names import slug as peft_slug
 from apet_ray.run.config import TrainConfig
 
 
 def slug(spec: DeltaSpec) -> str:
-    """What a spec trains, short: ``lora``, ``apet-add-weight-discrete=lora``, ``apet-concat-adjacent-5000``."""
+    """What a spec trains, short: ``lora``, ``apet-add-weight-discrete=lora``, ``apet-concat-adjacent-5000``,
+    ``peft-ia3`` (a peft arm's options are in the trial id's digest)."""
     if spec.method != "apet":
-        return spec.method
-    return f"apet-{spec.op}-{spec.distribution}" + (f"={spec.match}" if spec.match else f"-{spec.budget}")
+        return peft_slug(spec.method) if spec.is_peft else spec.method
+    match = peft_slug(spec.match) if spec.match and spec.match.startswith("peft:") else spec.match
+    return f"apet-{spec.op}-{spec.distribution}" + (f"={match}" if spec.match else f"-{spec.budget}")
 
 
 def trial_id(cfg: TrainConfig, study: str) -> str:
