@@ -19,14 +19,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--score", choices=("final", "best"), default="final",
         help="which score of each trial to report (default: final)",
     )  # fmt: skip
+    parser.add_argument("--margin", type=float, default=None, help="low threshold: above random guessing by this "
+                        "(default 0.05)")
+    parser.add_argument("--tol", type=float, default=None, help="high threshold: within this of FT (default 0.01)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # imported here so that `apet-ray --help` doesn't pay for pandas and matplotlib
+    from apet_ray.errors import UserError
     from apet_ray.report import make_report
 
     out = Path(args.out) if args.out else Path(args.results_dir) / "report"
-    summary = make_report(args.results_dir, out, score=args.score)
+    from apet_ray.thresholds import HIGH_TOL, LOW_MARGIN
+
+    for name in ("margin", "tol"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value < 1:
+            raise UserError(f"--{name} is a score difference from 0 to 1, not {value}")
+    summary = make_report(args.results_dir, out, score=args.score,
+                          margin=LOW_MARGIN if args.margin is None else args.margin,
+                          tol=HIGH_TOL if args.tol is None else args.tol)
     print("\n".join(summary.lines()))
     return 0

@@ -21,7 +21,7 @@ from apet_ray.report.data import SCORE_COLUMNS, prepare
 from apet_ray.report.findings import Finding, judge
 from apet_ray.report.findings import to_markdown as findings_markdown
 from apet_ray.report.tables import write_tables
-from apet_ray.report.thresholds import threshold_table
+from apet_ray.report.thresholds import HIGH_TOL, LOW_MARGIN, threshold_table
 from apet_ray.results import count_files, read_results
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,14 @@ def make_report(
     out_dir: str | os.PathLike[str],
     score: str = "final",
     figures: Iterable[str] | None = None,
+    margin: float = LOW_MARGIN,
+    tol: float = HIGH_TOL,
 ) -> ReportSummary:
     """Build the report of ``results_dir`` into ``out_dir``.
 
     ``score`` picks each trial's "final" or "best" score; ``figures`` limits which figures
-    are drawn (names as in ``FIGURES``; default all).
+    are drawn (names as in ``FIGURES``; default all); ``margin`` and ``tol`` set the low and
+    high thresholds (E4 passes its own).
     """
     # matplotlib loads only when figures are drawn: tables and findings don't need it
     from apet_ray.report.figures import FIGURES
@@ -86,10 +89,10 @@ def make_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    data = prepare(results, score)
+    data = prepare(results, score, margin, tol)
     _, table_paths = write_tables(data, out)
     thresholds = out / "thresholds.csv"
-    threshold_table(data.trials).to_csv(thresholds, index=False)
+    threshold_table(data.trials, data.margin, data.tol).to_csv(thresholds, index=False)
     table_paths.append(thresholds)
 
     drawn: dict[str, list[Path]] = {}

@@ -16,7 +16,7 @@ from apet_ray.delta.architectures import Kind
 from apet_ray.delta.methods import display_label, order_of, pet_methods
 from apet_ray.results import Results
 from apet_ray.tasks import TASKS
-from apet_ray.thresholds import LEARN_MARGIN, baseline, learned
+from apet_ray.thresholds import HIGH_TOL, LEARN_MARGIN, LOW_MARGIN, baseline, learned
 
 SCORE_COLUMNS = {"final": "final_score", "best": "best_score"}
 METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "rougeL": "ROUGE-L"}
@@ -77,6 +77,8 @@ class ReportData:
     score_column: str
     task_types: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    margin: float = LOW_MARGIN  # the low threshold: above random guessing by this much
+    tol: float = HIGH_TOL  # the high threshold: within this of FT
 
     def learned_only(self) -> "ReportData":
         """The same data without the trials that did not learn: what findings are judged on."""
@@ -84,7 +86,7 @@ class ReportData:
         ids = set(keep["trial_id"])
         return ReportData(keep, self.curves[self.curves["trial_id"].isin(ids)],
                           self.transfer[self.transfer["trial_id"].isin(ids)], self.score_column, self.task_types,
-                          self.notes)
+                          self.notes, self.margin, self.tol)
 
 
 _KEY_TEXT = ("study", "model", "family", "task", "task_type", "method", "op", "distribution", "match", "metric",
@@ -99,7 +101,7 @@ def _clean_text(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def prepare(results: Results, score: str = "final") -> ReportData:
+def prepare(results: Results, score: str = "final", margin: float = LOW_MARGIN, tol: float = HIGH_TOL) -> ReportData:
     """Select usable trials, attach labels, and derive what every table and figure shares."""
     score_column = SCORE_COLUMNS[score]
     notes: list[str] = []
@@ -162,7 +164,7 @@ def prepare(results: Results, score: str = "final") -> ReportData:
         method_label(*r) for r in curves[["method", "op", "distribution", "match"]].itertuples(index=False)
     ]
     transfer = _prepare_transfer(_clean_text(results.transfer), trials, notes)
-    return ReportData(trials, curves, transfer, score_column, task_types, notes)
+    return ReportData(trials, curves, transfer, score_column, task_types, notes, margin, tol)
 
 
 def _all_tasks(results: Results) -> set[str]:

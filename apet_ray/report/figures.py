@@ -21,7 +21,7 @@ from apet_ray.delta.methods import label_of, order_of
 from apet_ray.report.data import ReportData, human, pet_default, seed_stats, structure_frame, transfer_matrix
 from apet_ray.report.plotting import (Skip, label_colors, ordered_labels, panel_grid, panel_metric_label, save_figure,
                                       suptitle, task_sort_key)
-from apet_ray.report.thresholds import HIGH_TOL, LOW_MARGIN, best_by_budget_and_seed, mean_by_budget, threshold_table
+from apet_ray.report.thresholds import best_by_budget_and_seed, mean_by_budget, threshold_table
 
 
 BASELINE_LABEL = "baseline (chance or majority class)"
@@ -241,7 +241,7 @@ def fig6_convergence(data: ReportData, out_dir: Path) -> list[Path]:
 
 def fig7_params(data: ReportData, out_dir: Path) -> list[Path]:
     """Score vs delta count per method; random-guess and FT lines; thresholds marked."""
-    table = threshold_table(data.trials)
+    table = threshold_table(data.trials, data.margin, data.tol)
     lines = table[table["n_budgets"] >= 2]
     if lines.empty:
         raise Skip("needs a method trained at 2 or more budgets on one model and task")
@@ -268,17 +268,22 @@ def fig7_params(data: ReportData, out_dir: Path) -> list[Path]:
                 if not pd.isna(threshold):
                     ax.plot([threshold], [100 * mean[threshold]], marker=marker, markersize=12,
                             markerfacecolor="none", markeredgecolor=color, markeredgewidth=2, linestyle="")  # fmt: skip
-        ax.axhline(100 * float(group["random_guess"].mean()), color="0.6", linestyle="-.", label="random guess")
+        chance = float(group["random_guess"].mean())
+        ax.axhline(100 * chance, color="0.6", linestyle="-.", label="random guess")
+        ax.axhline(100 * (chance + data.margin), color="tab:red", linewidth=0.8, alpha=0.6,
+                   label=f"low bar: random guess + {100 * data.margin:g}")
         ax.axhline(100 * float(group["baseline"].mean()), color="0.4", linestyle=":", label=BASELINE_LABEL)
         ft = group["ft_score"].dropna()
         if len(ft):
             ax.axhline(100 * float(ft.iloc[0]), color="k", linestyle="--", label="FT")
+            ax.axhline(100 * (float(ft.iloc[0]) - data.tol), color="tab:green", linewidth=0.8, alpha=0.6,
+                       label=f"high bar: FT − {100 * data.tol:g}")
         handles, _ = ax.get_legend_handles_labels()
         handles += [
             Line2D([], [], marker="v", markersize=9, markerfacecolor="none", markeredgecolor="k", linestyle="",
-                   label=f"low threshold (> random guess + {100 * LOW_MARGIN:g})"),
+                   label=f"low threshold (> random guess + {100 * data.margin:g})"),
             Line2D([], [], marker="^", markersize=9, markerfacecolor="none", markeredgecolor="k", linestyle="",
-                   label=f"high threshold (≥ FT − {100 * HIGH_TOL:g})"),
+                   label=f"high threshold (≥ FT − {100 * data.tol:g})"),
         ]  # fmt: skip
         ax.legend(handles=handles, fontsize=7, loc="lower right")
         ax.set_xscale("log")

@@ -275,9 +275,9 @@ def finding3(data: ReportData) -> Finding:
     common_rule = (
         f"Thresholds per task, model and method from budget sweeps with at least 2 budgets (a count tried at "
         f"several learning rates scores its best): low = smallest budget whose mean score exceeds random "
-        f"guessing + {_pts(LOW_MARGIN)} points (the paper's definition, §5.3; thresholds.csv also gives the "
+        f"guessing + {_pts(data.margin)} points (the paper's definition, §5.3; thresholds.csv also gives the "
         f"strict one, against the majority class), high = smallest budget whose mean score is ≥ FT − "
-        f"{_pts(HIGH_TOL)} points. A size whose sweep never reaches a threshold counts as above its largest count. "
+        f"{_pts(data.tol)} points. A size whose sweep never reaches a threshold counts as above its largest count. "
     )
     high = Part(
         "high threshold falls with scale", NOT_ENOUGH,
@@ -297,7 +297,7 @@ def finding3(data: ReportData) -> Finding:
         f"ratio of {LOW_SPREAD:g} (largest / smallest count). Supported if it holds for every model with 2 or "
         f"more (method, task) thresholds.",
     )  # fmt: skip
-    table = threshold_table(data.trials)
+    table = threshold_table(data.trials, data.margin, data.tol)
     table = table[table["n_budgets"] >= 2]
     _high_on_the_mean(high, table)
     holds = []

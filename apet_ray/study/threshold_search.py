@@ -272,7 +272,8 @@ def _summarise(args, rules: Rules, states: dict[str, SearchState], by_name: dict
         {"searches": summary, "steps": steps, "dense_grid_steps": dense_steps,
          "wall_s": round(time.time() - started, 1)}, indent=2))
     if not args.no_report:
-        print("\n".join(make_report(results, results / "report", score=rules.score).lines()), flush=True)
+        print("\n".join(make_report(results, results / "report", score=rules.score, margin=rules.margin,
+                                     tol=rules.tol).lines()), flush=True)
 
 
 def _dense_thresholds(state: SearchState) -> tuple[int | None, int | None]:
