@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "apet_ray.commands.train",
     "apet_ray.commands.report",
     "apet_ray.commands.predict",
+    "apet_ray.commands.export",
 )
 
 
