@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from apet_ray.delta.methods import label_of, order_of
+from apet_ray.report.cost import fig_cost
 from apet_ray.report.data import ReportData, human, pet_default, seed_stats, structure_frame, transfer_matrix
 from apet_ray.report.plotting import (Skip, label_colors, ordered_labels, panel_grid, panel_metric_label, save_figure,
                                       suptitle, task_sort_key)
@@ -345,4 +346,5 @@ FIGURES: dict[str, Callable[[ReportData, Path], list[Path]]] = {
     "fig6_convergence": fig6_convergence,
     "fig7_params": fig7_params,
     "fig9_transfer": fig9_transfer,
+    "fig_cost": fig_cost,
 }

@@ -50,8 +50,12 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
 
 
 def label_colors(labels: list[str]) -> dict[str, str]:
-    cycle = [f"C{i}" for i in range(10)]
-    return {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
+    """A colour per label: matplotlib's 10-colour cycle, or tab20 past 10 labels (the embedded
+    structure ablation has 11), so no two labels of one figure share a colour up to 20."""
+    if len(labels) <= 10:
+        return {label: f"C{i}" for i, label in enumerate(labels)}
+    palette = matplotlib.colormaps["tab20"]
+    return {label: matplotlib.colors.to_hex(palette(i % 20)) for i, label in enumerate(labels)}
 
 
 def ordered_labels(df: pd.DataFrame) -> list[str]:
