@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from apet_ray.delta import OPS, DeltaSpec, attach, count_backbone, count_deltas, matchable_methods, method_names
 from apet_ray.models import DEFAULT_MODEL, build_model
@@ -39,6 +40,8 @@ def _int(text: str) -> int:
         value = float(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or abs(value) > 2**63:  # inf, nan, 1e400: no count is that
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count")
     if value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(value)

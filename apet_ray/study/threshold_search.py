@@ -85,6 +85,13 @@ class Rules:
 MAX_GRID_POINTS = 1000  # a grid is searched, not trained whole: more points than this is a typo
 
 
+def check_rules(margin: float, tol: float) -> None:
+    """The low threshold's margin and the high one's tolerance: score differences in [0, 1)."""
+    for name, value in (("margin", margin), ("tol", tol)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value < 1):
+            raise UserError(f"--{name} is a score difference from 0 to 1, not {value}")
+
+
 def count_grid(low: int, high: int, per_decade: int) -> list[int]:
     if not 0 < low < high:
         raise UserError(f"need 0 < --min-count < --max-count, got {low} and {high}")
@@ -118,6 +125,7 @@ def parse_structures(names: list[str]) -> list[tuple[str, str]]:
 
 def find_thresholds(args, searches: list[Search], rules: Rules, config: Callable[[str, str, int, DeltaSpec], TrainConfig]):
     """The FT references, then every search; ``config(model, task, seed, spec)`` builds a trial."""
+    check_rules(rules.margin, rules.tol)
     grid, results = rules.grid, Path(args.results)
     for s in searches:  # every search's extremes, so nothing starts when one of them cannot run
         for count in (grid[0], grid[-1]):
