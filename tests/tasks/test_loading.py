@@ -171,3 +171,20 @@ def test_hub_failure_tells_the_user_about_data_dir(monkeypatch):
         assert "--data-dir DIR holding multi_news/validation.parquet" in message
     else:  # a machine with the dataset in its hub cache
         assert len(examples) == 2 and examples[0].targets
+
+
+def test_a_small_parquet_that_decodes_huge_is_refused_before_it_is_expanded(tmp_path, monkeypatch):
+    # a few distinct long strings repeated over many rows: kilobytes on disk, far more once read
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from apet_ray.tasks import files
+
+    monkeypatch.setattr(files, "MAX_DATA_BYTES", 10 * 2**20)
+    rows = 5_000
+    text = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * 8000]))
+    pq.write_table(pa.table({"sentence": text, "label": pa.array([0] * rows)}), tmp_path / "train.parquet",
+                   compression="zstd")
+    assert (tmp_path / "train.parquet").stat().st_size < 100_000
+    with pytest.raises(UserError, match="GiB of text once read, more than"):
+        files.read_table(tmp_path / "train.parquet")
