@@ -158,6 +158,9 @@ def test_the_paper_profile_starts_adapters_as_the_release_does():
 
     module = script("structure_ablation")
     for argv, init in (([], "kaiming"), (["--profile", "paper"], "release")):
-        args = parse(study_arguments("t", module.DEFAULTS, module.PAPER), argv + ["--models", "tiny-bert"])
+        parser = study_arguments("t", module.DEFAULTS, module.PAPER)
+        for flag in ("--methods", "--apet-match", "--distributions"):  # the script's own flags, in its paper.yaml
+            parser.add_argument(flag)
+        args = parse(parser, argv + ["--models", "tiny-bert"])
         assert trial_config(args, "tiny-bert", "sst2", 0, spec=DeltaSpec.pet("adapter")).spec.plugin_init == init
         assert trial_config(args, "tiny-bert", "sst2", 0, spec=DeltaSpec.pet("lora")).spec.plugin_init == "kaiming"

@@ -203,8 +203,8 @@ def test_train_command_writes_the_rows_a_study_writes_for_the_same_config(tmp_pa
     from apet_ray.cli import main
 
     common = ["--data-dir", DATA, "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--eval-limit", "16",
-              "--train-limit", "64", "--workers", "0", "--max-input-len", "64"]
-    # an APET source, as in the paper's Fig. 9
+              "--train-limit", "64", "--workers", "0", "--max-input-len", "64", "--labels", "unified"]
+    # an APET source, as in the paper's Fig. 9, trained on the unified labels as the transfer study does
     cmd = [sys.executable, str(ROOT / "experiments" / "transfer.py"), "--models", "tiny-bert", "--tasks", "sst2",
            "--methods", "apet-discrete", "--match", "lora", "--seeds", "0", *common, "--no-report",
            "--results", str(tmp_path / "study")]
