@@ -120,7 +120,7 @@ class ThresholdSearcher(Searcher):
     SCORE_KEYS = {"final": "score", "best": "best_score"}  # in each report (run.loop.report_metrics)
 
     def __init__(self, searches: dict[str, SearchState], make_config: Callable[..., dict], score: str = "final",
-                 lrs: tuple[float | None, ...] = (None,)):
+                 lrs: tuple[float | None, ...] = (None,), groups: dict[str, object] | None = None):
         super().__init__(metric="score", mode="max")
         self.key = self.SCORE_KEYS[score]
         self.decide_early = score == "best"
@@ -135,6 +135,11 @@ class ThresholdSearcher(Searcher):
         self.abandoned: set[str] = set()  # stopped early: no open interval needs their count
         self.static: dict = {}  # run_study's per-trial settings (storage, resources)
         self.probes: dict[str, list[int]] = {name: [] for name in searches}  # counts trained, in order (once per lr)
+        # searches that differ only in their seed share a group: once the seeds' thresholds
+        # spread over more grid steps than a search's open bracket spans, refining that bracket
+        # cannot narrow the interval over seeds, and it is settled at its upper end
+        self.groups = groups or {}
+        self.settled: set[tuple[str, str]] = set()  # (search, "low" | "high") settled at the seeds' spread
         for state in searches.values():
             state._settle()
 
@@ -145,7 +150,24 @@ class ThresholdSearcher(Searcher):
         state = self.searches[name]
         return state.low.needs(index) or state.high.needs(index)
 
+    def _settle_by_seed_spread(self) -> None:
+        members: dict[object, list[str]] = {}
+        for name, key in self.groups.items():
+            members.setdefault(key, []).append(name)
+        for names in members.values():
+            for which in ("low", "high"):
+                found = [getattr(self.searches[n], which).lo for n in names if getattr(self.searches[n], which).done]
+                if len(found) < 2:
+                    continue
+                spread = max(found) - min(found)
+                for n in names:
+                    b = getattr(self.searches[n], which)
+                    if not b.done and b.hi < len(self.searches[n].grid) and b.hi - b.lo <= spread / 2:
+                        b.lo = b.hi  # its threshold: at most grid[hi], which a probe passed
+                        self.settled.add((n, which))
+
     def suggest(self, trial_id: str):
+        self._settle_by_seed_spread()
         while self.queued:
             name, index, lr = self.queued.pop(0)
             if self._needed(name, index):

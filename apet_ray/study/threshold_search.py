@@ -154,7 +154,8 @@ def find_thresholds(args, searches: list[Search], rules: Rules, config: Callable
             cfg = with_lr(cfg, lr if lr is not None else lr_of[name])
         return entry(cfg, name, trial_name(cfg) + (f"-lr{lr:.0e}" if lr is not None else ""))
 
-    searcher = ThresholdSearcher(states, make, score=rules.score, lrs=rules.lrs or (None,))
+    groups = {name: (s.model, s.task, s.op, s.dist) for name, s in by_name.items()}  # the seeds of one search
+    searcher = ThresholdSearcher(states, make, score=rules.score, lrs=rules.lrs or (None,), groups=groups)
     started = time.time()
     search_study = study_config(args, SEARCH_STUDY)
     search_study.asha, search_study.report, search_study.resume = False, False, False
@@ -265,6 +266,7 @@ def _summarise(args, rules: Rules, states: dict[str, SearchState], by_name: dict
             "probes": {grid[i]: v for i, v in sorted(state.scores.items())}, "trials": len(searcher.probes[name]),
             "lrs": rules.lrs or None,
             "best_lr": {grid[i]: lr for (n, i), lr in sorted(searcher.best_lr.items()) if n == name and lr} or None,
+            "settled_at_seed_spread": sorted(w for n, w in searcher.settled if n == name),
             "dense_grid_steps": len(grid) * len(rules.lrs or (None,)) * args.max_steps,
         })
         print(f"[apet-ray] {s.model} / {ref.task} / {s.op}-{s.dist} / seed {s.seed}: low threshold {low}, "

@@ -148,3 +148,24 @@ def test_an_lr_ladder_scores_each_count_by_its_best_lr():
     assert set(searcher.best_lr.values()) == {1e-2}
     trained = searcher.probes["s"]
     assert all(trained.count(c) == 3 for c in set(trained))  # every probed count at each of the three lrs
+
+
+def test_a_bracket_narrower_than_the_seeds_spread_is_settled_without_more_probes():
+    # two seeds already know their high thresholds, 6 grid steps apart; a third seed's open
+    # bracket of 2 steps cannot narrow that interval: it settles at its upper end, untrained
+    grid = log_grid(10, 10**6, 4)  # 21 counts
+    states = {f"s{i}": SearchState.new(grid, 0.5, 0.05, 0.9, 0.02) for i in range(3)}
+    for name, high in (("s0", 8), ("s1", 14)):
+        states[name].high.lo = states[name].high.hi = high
+        states[name].low.lo = states[name].low.hi = 4
+    states["s2"].high.lo, states["s2"].high.hi = 10, 12
+    states["s2"].low.lo = states["s2"].low.hi = 4
+    searcher = ThresholdSearcher(states, make_config=lambda name, c: {"count": c},
+                                 groups={name: "one search" for name in states})
+    assert searcher.suggest("t") == ThresholdSearcher.FINISHED
+    assert states["s2"].threshold(states["s2"].high) == grid[12] and searcher.settled == {("s2", "high")}
+    # without the group the bracket is bisected as before
+    alone = {"s2": SearchState.new(grid, 0.5, 0.05, 0.9, 0.02)}
+    alone["s2"].high.lo, alone["s2"].high.hi = 10, 12
+    alone["s2"].low.lo = alone["s2"].low.hi = 4
+    assert ThresholdSearcher(alone, make_config=lambda name, c: {"count": c}).suggest("t")["trial"]["count"] == grid[11]
