@@ -52,7 +52,7 @@ def validate(study: StudyConfig, trials: list[TrainConfig]) -> list[RunPlan]:
     record = Path(study.results).resolve() / f"{study.study}.study.json"
     if study.resume and record.exists():
         # the restored trials keep their old configs and resources: other flags would mix them
-        before = set(json.loads(record.read_text()).get("trials", []))
+        before = _recorded_trials(record)
         if before and before != seen:
             raise UserError(f"--resume needs the flags of the interrupted study: {len(seen - before)} of its "
                             f"{len(seen)} trials differ from the ones recorded in {record}")
@@ -88,3 +88,16 @@ def print_dry_run(study: StudyConfig, rows: list[dict]) -> None:
               f"(study/lr_search.py); the lr above is the untuned default")
     print(f"{study.study}: {len(rows)} trials (dry run: nothing started)")
 
+
+def _recorded_trials(record: Path) -> set[str]:
+    """The trial ids a study's ``<study>.study.json`` lists (written atomically by the study;
+    anything else in its place is refused in one line rather than trusted or tracebacked)."""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        trials = data["trials"]
+        if not isinstance(trials, list) or not all(isinstance(t, str) for t in trials):
+            raise TypeError("trials is not a list of ids")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{record} is not a study record ({type(exc).__name__}: {exc}): remove it, or resume into "
+                        "another --results") from None
+    return set(trials)

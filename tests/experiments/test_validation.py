@@ -216,6 +216,10 @@ def test_resume_with_other_flags_is_refused(tmp_path):
     with pytest.raises(UserError, match="needs the flags of the interrupted study"):
         script("structure_ablation").run(TINY + ["--resume", "--results", str(results)])
     assert not ray.is_initialized()
+    for damaged in ("{not json", '{"trials": "x"}', "[]", ""):  # a study record that is not one: one line
+        (results / "structure_ablation.study.json").write_text(damaged)
+        with pytest.raises(UserError, match="is not a study record"):
+            script("structure_ablation").run(TINY + ["--resume", "--results", str(results)])
 
 
 def test_trial_ids_are_safe_file_names_whatever_the_model_folder_is_called(tmp_path):
