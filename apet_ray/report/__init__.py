@@ -92,7 +92,7 @@ def make_report(
     data = prepare(results, score, margin, tol)
     _, table_paths = write_tables(data, out)
     thresholds = out / "thresholds.csv"
-    threshold_table(data.trials, data.margin, data.tol).to_csv(thresholds, index=False)
+    write_text(thresholds, threshold_table(data.trials, data.margin, data.tol).to_csv(index=False))
     table_paths.append(thresholds)
 
     drawn: dict[str, list[Path]] = {}

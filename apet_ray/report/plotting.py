@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from apet_ray.atomic import replacing
 from apet_ray.report.data import TASK_TYPE_ORDER, ReportData, metric_label
 
 
@@ -39,13 +40,15 @@ def suptitle(fig, text: str) -> None:
 
 def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=120, bbox_inches="tight")  # keep legends placed outside the axes
+    # each file whole or not at all (atomic.replacing), like every other output
+    with replacing(paths[0]) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")  # keep legends placed outside the axes
     # the constrained layout was solved while drawing the PNG; freeze it rather than solve it
     # again for the SVG (layout is about half the drawing time)
     fig.set_layout_engine("none")
     # text stays text in the SVG (editable, searchable) instead of becoming glyph outlines
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(paths[1], bbox_inches="tight")
+    with matplotlib.rc_context({"svg.fonttype": "none"}), replacing(paths[1]) as tmp:
+        fig.savefig(tmp, format="svg", bbox_inches="tight")
     return paths
 
 

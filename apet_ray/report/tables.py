@@ -130,6 +130,6 @@ def write_tables(data: ReportData, out_dir: Path) -> tuple[pd.DataFrame, list[Pa
     table = results_table(data)
     paths = [out_dir / "table.md", out_dir / "table.csv", out_dir / "table.tex"]
     write_text(paths[0], to_markdown(table, data.score_column))
-    table.to_csv(paths[1], index=False)
+    write_text(paths[1], table.to_csv(index=False))
     write_text(paths[2], to_latex(table, data.score_column))
     return table, paths
