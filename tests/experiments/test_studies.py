@@ -217,7 +217,8 @@ def test_train_command_writes_the_rows_a_study_writes_for_the_same_config(tmp_pa
     def tables(folder):
         read = {t: pd.concat([pd.read_parquet(p) for p in (folder / t).glob("*.parquet")]) for t in ("trials", "curves", "transfer")}
         # what differs by design: who wrote it, and the clock
-        volatile = {"trial_id", "study", "code_version", "wall_time_s", "tokens_per_s", "peak_memory_mb", "elapsed_s"}
+        volatile = {"trial_id", "study", "code_version", "versions", "wall_time_s", "tokens_per_s", "peak_memory_mb",
+                    "elapsed_s"}
         return {t: df.drop(columns=sorted(volatile & set(df.columns))).reset_index(drop=True) for t, df in read.items()}
 
     study, train = tables(tmp_path / "study"), tables(tmp_path / "train")
