@@ -126,6 +126,8 @@ def parse_structures(names: list[str]) -> list[tuple[str, str]]:
 def find_thresholds(args, searches: list[Search], rules: Rules, config: Callable[[str, str, int, DeltaSpec], TrainConfig]):
     """The FT references, then every search; ``config(model, task, seed, spec)`` builds a trial."""
     check_rules(rules.margin, rules.tol)
+    if args.tune_lr and rules.lrs:  # before anything trains: both would choose the lr
+        raise UserError("--tune-lr and --lrs both choose the learning rate: give one (--lrs '' turns the ladder off)")
     grid, results = rules.grid, Path(args.results)
     for s in searches:  # every search's extremes, so nothing starts when one of them cannot run
         for count in (grid[0], grid[-1]):
@@ -143,8 +145,6 @@ def find_thresholds(args, searches: list[Search], rules: Rules, config: Callable
     by_name = {search_name(s, ft[s.model, s.task, s.seed].task): s for s in searches}
     references = {name: reference(trials, ft[s.model, s.task, s.seed], column) for name, s in by_name.items()}
     states = {name: resumed_state(trials, s, name, references[name], rules, column) for name, s in by_name.items()}
-    if args.tune_lr and rules.lrs:
-        raise UserError("--tune-lr and --lrs both choose the learning rate: give one")
     lr_of = _tuned_lrs(args, by_name, config, grid) if args.tune_lr and not rules.dense else {}
 
     def make(name: str, count: int, lr: float | None) -> dict:

@@ -58,6 +58,7 @@ CASES = [
     ("param_ablation", TINY + ["--tol", "inf"], "--tol is a score difference"),
     ("param_ablation", TINY + ["--per-decade", "100000000"], "more than 1000 grid counts"),
     ("param_ablation", TINY + ["--lrs", "1e-3,-1"], "--lrs needs distinct learning rates"),
+    ("param_ablation", TINY + ["--tune-lr", "4"], "--tune-lr and --lrs both choose"),  # the default has a ladder
     ("structure_ablation", TINY + ["--lr", "inf"], "lr must be positive and finite"),
     ("structure_ablation", TINY + ["--weight-decay", "-0.1"], "weight_decay must be a finite number"),
     ("structure_ablation", TINY + ["--schedule", "cosine"], "unknown schedule"),
