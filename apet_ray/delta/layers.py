@@ -105,26 +105,34 @@ class AddedParam(nn.Module):
         return functional_call(self.base, params, args, kwargs)
 
 
-class AddedOutput(nn.Module):
-    """Add (Eq. 14) on a module without a bias: ``module(x) + W~`` (a T5 or Llama RMS norm)."""
+class _Wrapping(nn.Module):
+    """A module standing in for ``base``: attributes it lacks are the wrapped module's
+    (``norm.weight``, ``attention.layer_idx`` ... as callers knew them)."""
 
     def __init__(self, base: nn.Module):
         super().__init__()
         self.base = base
-        self.bias_delta: MaskedTensor | None = None
 
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
-        except AttributeError:  # ``norm.weight``, ``norm.variance_epsilon`` as the module had them
+        except AttributeError:
             return getattr(super().__getattr__("base"), name)
+
+
+class AddedOutput(_Wrapping):
+    """Add (Eq. 14) on a module without a bias: ``module(x) + W~`` (a T5 or Llama RMS norm)."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__(base)
+        self.bias_delta: MaskedTensor | None = None
 
     def forward(self, *args, **kwargs):
         y = self.base(*args, **kwargs)
         return y if self.bias_delta is None else y + self.bias_delta().to(y.dtype)
 
 
-class CrossPositionBias(nn.Module):
+class CrossPositionBias(_Wrapping):
     """A relative-position table added to a T5 cross-attention that has none (the release's
     ``modeling_t5.py`` gives every decoder cross-attention one, and BitFit trains them).
 
@@ -137,15 +145,8 @@ class CrossPositionBias(nn.Module):
     """
 
     def __init__(self, base: nn.Module):
-        super().__init__()
-        self.base = base
+        super().__init__(base)
         self.relative_attention_bias: MaskedTensor | None = None
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:  # layer_idx, n_heads, ... as the attention had them
-            return getattr(super().__getattr__("base"), name)
 
     def bias(self, query_length: int, key_length: int, past: int, device: torch.device) -> torch.Tensor:
         base = self.base

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -136,17 +135,13 @@ def _listen_on_loopback_only() -> None:
 def code_version() -> str:
     """The git commit of the code that ran (with +dirty), or the package version."""
     from apet_ray import __version__
+    from apet_ray.run.provenance import versions
 
-    try:
-        root = Path(__file__).resolve().parents[2]
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return __version__
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return f"{__version__}+{sha.stdout.strip()}{'.dirty' if dirty else ''}"
-    except (OSError, subprocess.SubprocessError):
+    commit = versions()["commit"]  # one git read per process, shared with the trials rows' provenance
+    if commit == "not a checkout":
         return __version__
+    sha, dirty = commit.removesuffix("+dirty"), commit.endswith("+dirty")
+    return f"{__version__}+{sha[:7]}{'.dirty' if dirty else ''}"
 
 
 def train_on_session(session, cfg: TrainConfig, threads: int, earlier: str | os.PathLike[str] | None = None) -> RunRecord:
