@@ -19,12 +19,13 @@ from apet_ray.models.causal import CausalLM
 from apet_ray.models.encoder import EncoderClassifier
 from apet_ray.models.loading import ModelInfo, build_model, check_run_tokenizer, load_config, load_tokenizer, resolve
 from apet_ray.models.offline import (DEFAULT_MODEL, MINILM_NAMES, MINILM_PACKAGE, MINILM_SHA256, MPNET_NAMES,
-                                     MPNET_PARTS, MPNET_SHA256, TINY, minilm_path, mpnet_path)
+                                     MPNET_PARTS, MPNET_SHA256, SMOLLM2_NAMES, TINY, minilm_path, mpnet_path,
+                                     smollm2_path)
 from apet_ray.models.seq2seq import Seq2SeqLM
 
 __all__ = [
     "EncoderClassifier", "Seq2SeqLM", "CausalLM", "ModelInfo",
     "resolve", "load_config", "load_tokenizer", "check_run_tokenizer", "build_model",
     "DEFAULT_MODEL", "TINY", "MINILM_NAMES", "MINILM_PACKAGE", "MINILM_SHA256", "minilm_path",
-    "MPNET_NAMES", "MPNET_PARTS", "MPNET_SHA256", "mpnet_path",
+    "MPNET_NAMES", "MPNET_PARTS", "MPNET_SHA256", "mpnet_path", "SMOLLM2_NAMES", "smollm2_path",
 ]

