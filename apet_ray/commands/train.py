@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one delta spec on one task",
                        description="Train one delta spec on one task, in this process or on Ray Train; "
                        "write its record (run.json, Parquet tables) and final deltas under --out.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="HF name, local folder, minilm (offline default) or tiny-bert/tiny-t5")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="HF name, local folder, minilm (offline default), mpnet, smollm2 (offline extras) or tiny-bert/tiny-t5/tiny-llama")
     p.add_argument("--task", help="a task name (apet-ray tasks), a task file (.yaml/.json, docs/tasks.md); with "
                    "--train-file, the name of your task (default: rotten_tomatoes, or the train file's name)")
     byo = p.add_argument_group("bring your own task (instead of a registered --task)")

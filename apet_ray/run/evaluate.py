@@ -36,11 +36,14 @@ def predict(model, task: Task, data: Encoded, kind: str, tokenizer, batch_size: 
     mine = [min(i, n - 1) for i in range(rank * per, (rank + 1) * per)]
     label_ids = label_token_ids(task, tokenizer) if kind != Kind.BERT and task.is_classification else None
     gen_len = max(task.max_gen_len, max((len(ids) for ids in label_ids), default=0)) if label_ids else task.max_gen_len
+    # batches of similar lengths pad little (generation pads every step): predicted in length
+    # order, put back in the data's order below
+    order = sorted(range(per), key=lambda j: len(data.input_ids[mine[j]]))
     preds = []
     was_training = model.training
     model.eval()
     for i in range(0, per, batch_size):
-        rows = mine[i: i + batch_size]
+        rows = [mine[j] for j in order[i: i + batch_size]]
         batch = {k: v.to(device) for k, v in collate(data, rows, tokenizer.pad_token_id, kind).items() if k != "labels"}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):  # as the training forward
             if kind == Kind.BERT:
@@ -51,7 +54,10 @@ def predict(model, task: Task, data: Encoded, kind: str, tokenizer, batch_size: 
                 preds += [decode_generated(task, ids, tokenizer, label_ids) for ids in out]
     if was_training:
         model.train()
-    preds = preds[: max(0, min(per, n - rank * per))]
+    in_order = [None] * per
+    for position, j in enumerate(order):
+        in_order[j] = preds[position]
+    preds = in_order[: max(0, min(per, n - rank * per))]
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, preds)

