@@ -93,10 +93,14 @@ def resolve_strategy(strategy: str, world: int, backbone_bytes: int, device: tor
 def wrap(model: nn.Module, strategy: str, device: torch.device, bf16: bool) -> nn.Module:
     """Place ``model`` on ``device`` for ``strategy``.
 
-    FSDP loads sharded: only rank 0 built the model with its weights (the other ranks built
-    it on the meta device, deltas attached alike). Block by block, then the root, the ranks
-    shard the module and rank 0 scatters its tensors, so every rank keeps only its shard and
-    no GPU (nor any host but rank 0's, transiently) ever holds more than one full block.
+    FSDP loads sharded, block by block, then the root, so no rank ever holds more than one
+    full block. Two ways in:
+      streamed  every rank built the model with the backbone's parameters on meta and the
+                rest for real (``build_model(device="stream")``, ``model.apet_weights``):
+                each rank reads its own rows of each weight from the safetensors files and
+                keeps its own part of the rest; nothing is sent
+      from rank 0  only rank 0 built the model with its weights (the other ranks on the meta
+                device, deltas attached alike); rank 0 scatters every tensor
     """
     if strategy == "none":
         return model.to(device)
@@ -109,17 +113,24 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, bf16: bool) -> n
     _check_same_model_on_every_rank(model)
     if device.type == "cpu":
         _return_large_frees_to_the_os()
-    # rank 0's full tensors by name; each is let go of once scattered
-    full_state = {**model.state_dict(), **dict(model.named_buffers())} if dist.get_rank() == 0 else None
+    source = getattr(model, "apet_weights", None)
+    files = source.names(model) if source is not None else {}  # by name: sharding swaps the parameters
+    # the real tensors by name (rank 0's all, or every rank's own deltas, head and buffers
+    # when streamed); each is let go of once loaded
+    real = {name: t for name, t in (*model.state_dict().items(), *model.named_buffers()) if not t.is_meta}
+    full_state = real if source is not None or dist.get_rank() == 0 else None
+    load = _Loader(full_state, device, files, source, from_rank0=source is None)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     backbone, prefix = backbone_of(model)
-    loaded: set[str] = set()
     for _, path, block in blocks(backbone, family_of(backbone)):
         fully_shard(block, mesh=mesh, mp_policy=policy)
-        _load_from_rank0(block, f"{prefix}{path}.", full_state, device, loaded)
+        load(block, f"{prefix}{path}.")
     fully_shard(model, mesh=mesh, mp_policy=policy)
-    _load_from_rank0(model, "", full_state, device, loaded)
+    load(model, "")
+    if source is not None:
+        source.close()
+        del model.apet_weights
     if hasattr(model, "generate"):  # generation must gather the root's weights like forward does
         register_fsdp_forward_method(model, "generate")
     return model
@@ -134,35 +145,67 @@ def _check_same_model_on_every_rank(model: nn.Module) -> None:
         raise RuntimeError("the ranks built different models (parameter names or shapes differ): cannot load sharded")
 
 
-def _load_from_rank0(module: nn.Module, prefix: str, full_state: dict | None, device: torch.device,
-                     loaded: set[str]) -> None:
-    """Fill the not yet ``loaded`` tensors of a sharded ``module`` from rank 0's ``full_state``
-    (keys are ``prefix`` + the module's names), one tensor at a time: parameters are scattered
-    (each rank keeps its shard), buffers (masks, position ids) broadcast whole. Other ranks
-    pass ``None`` and may hold meta tensors until now."""
-    from apet_ray.delta.masked import MaskedTensor
+class _Loader:
+    """Fills the not yet loaded tensors of a sharded module, one tensor at a time.
 
-    for m in module.modules():  # materialise what is still meta, and nothing already loaded
-        if any(t.is_meta for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))):
-            m.to_empty(device=device, recurse=False)
-    with torch.no_grad():
-        for name, target in (*module.state_dict().items(), *module.named_buffers()):
-            key = prefix + name
-            if key in loaded:
-                continue
-            loaded.add(key)
-            local = target.to_local() if isinstance(target, DTensor) else target
-            full = (full_state.pop(key).to(device, local.dtype) if full_state is not None
-                    else torch.empty(target.shape, dtype=local.dtype, device=device))
-            if isinstance(target, DTensor):
-                local.copy_(distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=0).to_local())
-            else:
-                dist.broadcast(full, src=0)
-                local.copy_(full)
-            del full
-    for m in module.modules():
-        if isinstance(m, MaskedTensor):  # its layout (contiguous run or scatter) follows its indices
-            m._refresh_layout()
+    ``files`` (state name -> file tensor name): read from ``source``, each rank its own rows.
+    The rest comes from ``full_state``: rank 0's, scattered (parameters: each rank keeps its
+    shard) or broadcast whole (buffers: masks, position ids) when ``from_rank0``; else every
+    rank's own copy, of which it keeps its part. Ranks without a ``full_state`` pass None
+    and may hold meta tensors until now.
+    """
+
+    def __init__(self, full_state: dict | None, device: torch.device, files: dict[str, str], source, from_rank0: bool):
+        self.full_state, self.device, self.files, self.source = full_state, device, files, source
+        self.from_rank0 = from_rank0
+        self.loaded: set[str] = set()
+        self.read: set[str] = set()  # file tensors already read
+
+    def __call__(self, module: nn.Module, prefix: str) -> None:
+        from apet_ray.delta.masked import MaskedTensor
+
+        for m in module.modules():  # materialise what is still meta, and nothing already loaded
+            if any(t.is_meta for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))):
+                m.to_empty(device=self.device, recurse=False)
+        with torch.no_grad():
+            for name, target in (*module.state_dict().items(), *module.named_buffers()):
+                key = prefix + name
+                if key in self.loaded:
+                    continue
+                self.loaded.add(key)
+                local = target.to_local() if isinstance(target, DTensor) else target
+                if key in self.files:
+                    if self.files[key] in self.read:  # a tied table, under its second name
+                        continue
+                    self.read.add(self.files[key])
+                    local.copy_(self._rows(self.files[key], target).to(self.device, local.dtype))
+                else:
+                    local.copy_(self._from_state(key, target, local))
+        for m in module.modules():
+            if isinstance(m, MaskedTensor):  # its layout (contiguous run or scatter) follows its indices
+                m._refresh_layout()
+
+    def _rows(self, file_key: str, target: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a weight, read from its file (FSDP2 shards dim 0)."""
+        if not isinstance(target, DTensor):
+            return self.source.read(file_key)
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        shape, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
+        if not shape or not shape[0]:  # a rank past the last row of a short tensor
+            return torch.empty(shape, dtype=target.dtype)
+        return self.source.read(file_key, offset[0], offset[0] + shape[0])
+
+    def _from_state(self, key: str, target: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        have = self.full_state is not None
+        full = (self.full_state.pop(key).to(self.device, local.dtype) if have
+                else torch.empty(target.shape, dtype=local.dtype, device=self.device))
+        if isinstance(target, DTensor):  # src_data_rank None: every rank cuts its part of its own copy
+            return distribute_tensor(full, target.device_mesh, target.placements,
+                                     src_data_rank=0 if self.from_rank0 else None).to_local()
+        if self.from_rank0:
+            dist.broadcast(full, src=0)
+        return full
 
 
 def _return_large_frees_to_the_os() -> None:

@@ -57,15 +57,24 @@ def _masked(model: nn.Module, spec: DeltaSpec, placement: Placement, slot: Slot,
     the spec's mask function puts ``slot.k`` entries."""
     if slot.k == 0:  # a tensor that got no share of a small budget stays absent (zero)
         return None
-    if like.is_meta:
+    if like.is_meta and not _streamed(model):
         indices = torch.empty(slot.k, dtype=torch.long, device="meta")
         return MaskedTensor(slot.shape, indices, torch.empty(slot.shape, dtype=like.dtype, device="meta"))
+    device = "cpu" if like.is_meta else like.device
     gen = _generator(spec, placement.path, slot.name)
     if indices is None:
         distribution = "full" if slot.k == slot.numel else spec.distribution
         indices = MASKS[distribution](slot.shape, slot.k, gen)
     init = _initial(model, slot, gen, like.dtype)
-    return MaskedTensor(slot.shape, indices.to(like.device), init.to(like.device))
+    return MaskedTensor(slot.shape, indices.to(device), init.to(device))
+
+
+def _streamed(model: nn.Module) -> bool:
+    """The backbone's weights are on meta only until each rank reads its slices
+    (``models.build_model(device="stream")``): its deltas are made for real now, as on the CPU.
+    ``model.apet_weights`` is that build's source of weights: ``keys`` (parameter id -> file
+    tensor name) and ``rows(name, ids)``."""
+    return getattr(model, "apet_weights", None) is not None
 
 
 def _initial(model: nn.Module, slot: Slot, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -79,6 +88,8 @@ def _initial(model: nn.Module, slot: Slot, gen: torch.Generator, dtype: torch.dt
     if slot.init == "vocab":  # Lester et al.: prompt tokens start as embeddings of real tokens
         table = backbone_of(model)[0].get_input_embeddings().weight
         ids = torch.randint(table.shape[0], (slot.shape[0],), generator=gen)
+        if table.is_meta and _streamed(model):  # the rows it needs, from the weight files
+            return model.apet_weights.rows(model.apet_weights.keys[id(table)], ids).to("cpu", dtype)
         return table.detach()[ids.to(table.device)].to("cpu", dtype)
     raise AssertionError(slot.init)
 

@@ -27,6 +27,7 @@ from apet_ray.models.offline import (MINILM_NAMES, MPNET_NAMES, SMOLLM2_NAMES, T
                                      smollm2_path, verified)
 from apet_ray.models.seq2seq import Seq2SeqLM
 from apet_ray.models.signature import accepts
+from apet_ray.models.streaming import WeightSource, parameters_on_meta
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ def load_tokenizer(name: str):
 
 def build_model(name: str, num_labels: int | None = None, device: str | torch.device = "cpu", seed: int = 0) -> tuple[nn.Module, ModelInfo]:
     """The wrapped model. ``device="meta"`` builds from the config alone (for counting).
+    ``device="stream"``: the backbone's parameters stay on the meta device and
+    ``model.apet_weights`` (a ``streaming.WeightSource``) says where each one is in the
+    folder's safetensors files, for every FSDP rank to read its own slices; the rest (buffers,
+    a classifier head, deltas attached later) is built for real, exactly as on the CPU. A
+    model that cannot stream (no local safetensors folder, names or shapes the files do not
+    match) is built on the CPU as usual, without ``apet_weights``.
 
     Kind bert: a classifier with ``num_labels`` outputs; kinds t5 and causal (decoder-only):
     text-to-text (``num_labels`` is not used).
@@ -104,11 +111,17 @@ def build_model(name: str, num_labels: int | None = None, device: str | torch.de
     config, info = load_config(name)
     if info.kind == Kind.BERT and not num_labels:
         raise UserError("BERT-family models are used for classification only (SA, NLI, PI), as in the paper")
-    torch.manual_seed(seed)  # random presets and the classifier head are seeded
-    meta = torch.device(device).type == "meta"
+    meta = str(device) == "meta"
+    stream = str(device) == "stream" and info.pretrained and info.source in ("local", "packaged")
+    device = "cpu" if str(device) == "stream" else device
     where, _ = resolve(name)
     if info.source == "packaged":
         where = verified(where)
+    if stream:
+        model = _streamed(config, info, where, num_labels, seed)
+        if model is not None:
+            return model, info
+    torch.manual_seed(seed)  # random presets and the classifier head are seeded
     with torch.device("meta" if meta else "cpu"):
         if info.kind == Kind.BERT:
             no_pooler = _without_pooler(config)
@@ -116,24 +129,52 @@ def build_model(name: str, num_labels: int | None = None, device: str | torch.de
                 backbone = AutoModel.from_config(config, **no_pooler)
             else:
                 backbone = _pretrained(AutoModel, where, name, info, **no_pooler)
-            model = EncoderClassifier(backbone, num_labels)
         elif info.kind == Kind.T5:
             if meta or not info.pretrained:
                 backbone = _untie_head(T5ForConditionalGeneration(config), where)
             else:
                 backbone = _pretrained(T5ForConditionalGeneration, where, name, info)
-            model = Seq2SeqLM(backbone)
         else:
             if meta or not info.pretrained:
                 backbone = AutoModelForCausalLM.from_config(config)
             else:
                 backbone = _pretrained(AutoModelForCausalLM, where, name, info)
-            model = CausalLM(backbone)
+        model = _wrapped(backbone, info.kind, num_labels)
     if not meta:
         model.to(device)
     if not info.pretrained and not meta:
         log.warning("%s is randomly initialised (untrained): use it for tests and smoke runs only", name)
     return model, info
+
+
+def _wrapped(backbone: nn.Module, kind: str, num_labels: int | None) -> nn.Module:
+    if kind == Kind.BERT:
+        return EncoderClassifier(backbone, num_labels)
+    return Seq2SeqLM(backbone) if kind == Kind.T5 else CausalLM(backbone)
+
+
+def _streamed(config: PretrainedConfig, info: ModelInfo, where: Path, num_labels: int | None,
+              seed: int) -> nn.Module | None:
+    """The model with its backbone's parameters on meta and their file sources, or None."""
+    torch.manual_seed(seed)  # the same head as a loaded build: building on meta draws no numbers
+    with torch.device("cpu"), parameters_on_meta():
+        if info.kind == Kind.BERT:
+            backbone = AutoModel.from_config(config, **_without_pooler(config))
+        elif info.kind == Kind.T5:
+            backbone = _untie_head(T5ForConditionalGeneration(config), where)
+        else:
+            backbone = AutoModelForCausalLM.from_config(config)
+    if getattr(backbone.config, "tie_word_embeddings", False) and hasattr(backbone, "tie_weights"):
+        backbone.tie_weights()
+    source = WeightSource.of(backbone, Path(where))
+    if source is None:
+        return None
+    with torch.device("cpu"):
+        model = _wrapped(backbone, info.kind, num_labels)
+    if any(p.is_meta for p in model.parameters() if id(p) not in source.keys):
+        return None  # a converted layer (GPT-2's Conv1D) left the file's layout: load it whole
+    model.apet_weights = source
+    return model
 
 
 def _without_pooler(config: PretrainedConfig) -> dict:

@@ -15,6 +15,8 @@ from collections import Counter
 from typing import Callable
 
 import torch
+import torch.distributed as dist
+from torch import nn
 
 from apet_ray.data import collate, encode, global_batch, shard
 from apet_ray.delta import attach, count_backbone, count_deltas, count_trainable
@@ -49,10 +51,15 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     task = cfg.training_task()
     num_labels = task.num_labels if task.is_classification else None
     strategy = _strategy(cfg, world, device, num_labels)
-    # FSDP loads sharded: rank 0 alone reads the weights, the other ranks build on the meta
-    # device and receive their shards from it (distributed.wrap)
+    # FSDP loads sharded (distributed.wrap): from a safetensors folder every rank reads its
+    # own slices (a streamed build); else rank 0 alone reads the weights, the other ranks
+    # build on the meta device and receive their shards from it
+    stream = strategy == "fsdp" and not cfg.spec.is_peft
     on_meta = strategy == "fsdp" and rank != 0
-    model, info = build_model(cfg.model, num_labels=num_labels, seed=cfg.seed, device="meta" if on_meta else "cpu")
+    model, info = build_model(cfg.model, num_labels=num_labels, seed=cfg.seed,
+                              device="stream" if stream and not on_meta else "meta" if on_meta else "cpu")
+    if stream:
+        model, on_meta = _agree_on_streaming(model, cfg, num_labels, rank, world)
     check_task_fits_kind(task, info.kind)
     plan = attach(model, cfg.spec)
     if hasattr(model, "head") and not cfg.train_head:
@@ -218,6 +225,22 @@ def majority_rate(examples) -> float:
     """The share of the most common label: what always answering it would score."""
     counts = Counter(e.label for e in examples)
     return max(counts.values()) / len(examples) if examples else float("nan")
+
+
+def _agree_on_streaming(model: nn.Module, cfg: TrainConfig, num_labels: int | None, rank: int,
+                        world: int) -> tuple[nn.Module, bool]:
+    """Rank 0 tried a streamed build: if it streams, every rank does (each builds its own
+    streamed model); if not, rank 0's model is a loaded one and the others keep their meta
+    build. Returns this rank's model and whether it is a meta rank that receives its shards."""
+    streams = [None] * world
+    dist.all_gather_object(streams, hasattr(model, "apet_weights"))
+    if not streams[0]:
+        return model, rank != 0
+    if rank != 0:
+        model, _ = build_model(cfg.model, num_labels=num_labels, seed=cfg.seed, device="stream")
+        if not hasattr(model, "apet_weights"):
+            raise UserError(f"{cfg.model}: rank {rank} sees other weight files than rank 0: give every node the same model folder")
+    return model, False
 
 
 def _strategy(cfg: TrainConfig, world: int, device: torch.device, num_labels: int | None) -> str:

@@ -1,0 +1,127 @@
+"""Weights that stream into a sharded model: every FSDP rank reads its own slices.
+
+A streamed build (``build_model(..., device="stream")``) makes the backbone's parameters on
+the meta device -- nothing allocated, nothing initialised, no random numbers drawn -- while
+its buffers (position ids, rotary frequencies) and everything outside it (a classifier head,
+the deltas) are built for real, as in any build. ``WeightSource`` then knows, for each meta
+parameter, which tensor of which safetensors file holds it, and ``read`` returns the rows a
+rank keeps (``distributed.wrap``): no rank ever maps or reads the whole file.
+
+A folder streams when its safetensors files cover every backbone parameter under the
+model's own names (optionally with or without the base-model prefix, as transformers saves
+them); anything else (``*.bin`` weights, renamed keys, GPT-2's transposed ``Conv1D``) loads
+the usual way, rank 0 reading and scattering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+
+def weight_files(folder: Path) -> dict[str, Path] | None:
+    """Each tensor name of the folder's safetensors checkpoint, with the file holding it;
+    None when the folder has no (or not only) safetensors weights."""
+    index, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        return {key: folder / name for key, name in weight_map.items()}
+    if single.is_file():
+        with safe_open(single, "pt") as f:
+            return {key: single for key in f.keys()}
+    return None
+
+
+def _shapes(paths: set[Path]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for path in paths:
+        with safe_open(path, "pt") as f:
+            shapes.update((key, tuple(f.get_slice(key).get_shape())) for key in f.keys())
+    return shapes
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Every parameter registered inside is replaced by a meta tensor of its shape and dtype,
+    and torch's and transformers' initialisers do nothing: a model's weights cost neither
+    memory (an uninitialised allocation is never touched) nor random numbers, while its
+    buffers are computed as usual."""
+    from transformers.initialization import no_init_weights
+
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        with no_init_weights():
+            yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+@dataclass
+class WeightSource:
+    """Where each streamed parameter of a model lives: parameter (by identity) -> file key."""
+
+    files: dict[str, Path]
+    keys: dict[int, str]  # id(parameter) -> tensor name in ``files``
+    _open: dict[Path, object] = field(default_factory=dict, repr=False)
+    bytes_read: int = 0
+
+    @classmethod
+    def of(cls, backbone: nn.Module, folder: Path) -> WeightSource | None:
+        """The source of every meta parameter of ``backbone``, or None if some parameter is
+        not in the folder's safetensors files (then the model loads the usual way)."""
+        files = weight_files(folder)
+        if files is None:
+            return None
+        prefix = getattr(backbone, "base_model_prefix", "")
+        keys: dict[int, str] = {}
+        for name, param in backbone.named_parameters(remove_duplicate=False):
+            if id(param) in keys:  # tied: the first name the file holds it under
+                continue
+            candidates = [name, f"{prefix}.{name}"] + ([name[len(prefix) + 1:]] if name.startswith(f"{prefix}.") else [])
+            key = next((c for c in candidates if c in files), None)
+            if key is None:
+                return None
+            keys[id(param)] = key
+        shapes = _shapes({files[k] for k in keys.values()})
+        wanted = {id(p): tuple(p.shape) for p in backbone.parameters()}
+        if any(shapes.get(key) != wanted[pid] for pid, key in keys.items()):
+            return None  # stored in another layout (transposed, padded): not sliceable as the model holds it
+        return cls(files, keys)
+
+    def names(self, model: nn.Module) -> dict[str, str]:
+        """State-dict name -> file key for ``model`` as it is now (deltas attached, before
+        sharding: sharding swaps the parameter objects)."""
+        return {name: self.keys[id(p)] for name, p in model.named_parameters(remove_duplicate=False)
+                if id(p) in self.keys}
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` of tensor ``key`` (the whole tensor by default), read from its file."""
+        path = self.files[key]
+        if path not in self._open:
+            self._open[path] = safe_open(path, "pt")
+        part = self._open[path].get_slice(key)
+        rows = part.get_shape()[0] if part.get_shape() else 0
+        tensor = part[start:rows if stop is None else stop] if rows else part[:]
+        self.bytes_read += tensor.nbytes
+        return tensor
+
+    def rows(self, key: str, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of tensor ``key`` (a prompt initialised from the embedding table)."""
+        return torch.cat([self.read(key, int(i), int(i) + 1) for i in ids.tolist()]) if ids.numel() else \
+            self.read(key, 0, 0)
+
+    def close(self) -> None:
+        self._open.clear()  # safe_open handles unmap when dropped
