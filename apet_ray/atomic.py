@@ -6,6 +6,10 @@ disk or Ctrl-C leaves the old file or the new one -- never a torn one. Readers s
 temp files (they start with "." and end in ".tmp"). What lands has the permissions the
 user's umask gives a new file (temp files are created 0600), so results on shared storage
 stay readable to collaborators.
+
+A disk that refuses (full, read-only, no permission) surfaces as one ``OutputError`` naming
+the target -- not the temp file -- and the errno, after the temp file is gone: the old file
+is intact and a resumed run writes it again.
 """
 
 from __future__ import annotations
@@ -19,21 +23,47 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from apet_ray.errors import UserError
+from apet_ray.errors import OutputError, UserError
+
+
+@contextmanager
+def refused_as_output_error(path: str | Path):
+    """An OSError inside the block becomes an ``OutputError`` about ``path`` (one line: the
+    path and the errno); other errors pass unchanged."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except shutil.Error as exc:  # copytree: a list of (src, dst, reason), one per file that failed
+        failed = exc.args[0] if exc.args and isinstance(exc.args[0], list) and exc.args[0] else [(None, None, str(exc))]
+        raise OutputError(path, OSError(None, str(failed[0][2]))) from exc
+    except OSError as exc:
+        raise OutputError(path, exc) from exc
+
+
+def make_folder(path: str | Path) -> Path:
+    """``mkdir -p`` whose refusal (read-only, full, no permission) is one ``OutputError``."""
+    path = Path(path)
+    with refused_as_output_error(path):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @contextmanager
 def replacing(path: str | Path):
-    """A temp path to write; on success it replaces ``path`` whole, on an error it is removed."""
+    """A temp path to write; on success it replaces ``path`` whole, on an error it is removed.
+    An OSError on the way (the caller's write included) is an ``OutputError`` about ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    with refused_as_output_error(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, path)
+        with refused_as_output_error(path):
+            yield Path(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~umask())
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -54,14 +84,20 @@ def copy_folder(src: str | Path, dst: str | Path) -> None:
     """``dst`` becomes a copy of ``src``: built beside it under a temp name, then renamed in;
     an old ``dst`` is moved aside first and deleted only once the new one is in place."""
     dst = Path(dst)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    with refused_as_output_error(dst):
+        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
     old = dst.with_name(f".{dst.name}.old-{os.getpid()}.tmp")
     try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        os.chmod(tmp, 0o777 & ~umask())
-        if dst.exists():
-            os.replace(dst, old)
-        os.replace(tmp, dst)
+        with refused_as_output_error(dst):
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                with open(file, "rb") as fh:  # the files are on disk before the rename says they are
+                    os.fsync(fh.fileno())
+            fsync_dir(tmp)
+            os.chmod(tmp, 0o777 & ~umask())
+            if dst.exists():
+                os.replace(dst, old)  # aside, not deleted: a crash from here on leaves it to put back
+            os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not dst.exists():

@@ -2,8 +2,9 @@
 
 Each subcommand lives beside the code it drives and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` to a callable taking the parsed arguments and
-returning an exit code. This file only wires them together and turns ``UserError`` into
-one line on stderr.
+returning an exit code. This file only wires them together and turns ``UserError`` -- and
+an OSError of the machine refusing (full or read-only disk, permissions) -- into one line on
+stderr.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from apet_ray.errors import OneLineParser, UserError
+from apet_ray.errors import OneLineParser, UserError, machine_error, machine_error_line
 
 # module path of every subcommand, in the order ``--help`` lists them
 SUBCOMMANDS = (
@@ -47,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"apet-ray {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # a full or read-only disk no writer caught: one line too, not a traceback
+        error = machine_error(exc)
+        if error is None:
+            raise
+        print(f"apet-ray {args.command}: error: {machine_error_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

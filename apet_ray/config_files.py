@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from apet_ray.errors import UserError
+from apet_ray.paths import check_input
 
 MAX_BYTES = 1_000_000
 MAX_NODES = 100_000
@@ -25,6 +26,7 @@ def read_mapping(path: str | Path, what: str, expected: str = "a mapping of opti
     """The top-level mapping of ``path`` (YAML, or JSON for a ``.json`` file); ``what`` names
     the file's role in messages (e.g. "config file", "task file"), ``expected`` what it holds."""
     path = Path(path)
+    check_input(path, what, folder=False)  # empty, a symlink loop, unreadable, a folder
     if not path.is_file():
         raise UserError(f"{what} {path} not found")
     try:

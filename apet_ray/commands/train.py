@@ -10,9 +10,10 @@ import shutil
 import time
 from pathlib import Path
 
-from apet_ray.atomic import copy_file, copy_folder, owning, write_text
+from apet_ray.atomic import copy_file, copy_folder, make_folder, owning, write_text
 from apet_ray.commands.params import add_spec_arguments, spec_from_args
-from apet_ray.errors import UserError
+from apet_ray.errors import OutputError, UserError, machine_error
+from apet_ray.paths import output_folder, path_arg
 from apet_ray.models import DEFAULT_MODEL
 from apet_ray.run.options import add_run_arguments, config_from_args
 from apet_ray.tasks import TASKS
@@ -26,12 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one delta spec on one task",
                        description="Train one delta spec on one task, in this process or on Ray Train; "
                        "write its record (run.json, Parquet tables) and final deltas under --out.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="HF name, local folder, minilm (offline default), mpnet, smollm2 (offline extras) or tiny-bert/tiny-t5/tiny-llama")
-    p.add_argument("--task", help="a task name (apet-ray tasks), a task file (.yaml/.json, docs/tasks.md); with "
+    p.add_argument("--model", type=path_arg, default=DEFAULT_MODEL, help="HF name, local folder, minilm (offline default), mpnet, smollm2 (offline extras) or tiny-bert/tiny-t5/tiny-llama")
+    p.add_argument("--task", type=path_arg, help="a task name (apet-ray tasks), a task file (.yaml/.json, docs/tasks.md); with "
                    "--train-file, the name of your task (default: rotten_tomatoes, or the train file's name)")
     byo = p.add_argument_group("bring your own task (instead of a registered --task)")
-    byo.add_argument("--train-file", help="csv/parquet/jsonl with your own columns")
-    byo.add_argument("--eval-file", help="held-out file (default: 10%% of --train-file)")
+    byo.add_argument("--train-file", type=path_arg, help="csv/parquet/jsonl with your own columns")
+    byo.add_argument("--eval-file", type=path_arg, help="held-out file (default: 10%% of --train-file)")
     byo.add_argument("--text-columns", default="text", help="comma-separated input column(s)")
     byo.add_argument("--label-column", help="classification label column")
     byo.add_argument("--target-column", help="generation target column")
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transfer-to", help="after training, zero-shot evaluate on these comma-separated "
                    "classification tasks (unified labels, as experiments/transfer.py does)")
     p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts from the last checkpoint")
-    p.add_argument("--out", default="runs/train", help="output folder")
+    p.add_argument("--out", type=path_arg, default="runs/train", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=run)
 
@@ -62,14 +63,13 @@ def config_from_cli(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from apet_ray.results import rows_from_record, write_trial
+    from apet_ray.results import rows_from_record, trial_ids, write_trial
     from apet_ray.run import check_config
     from apet_ray.run.launch import check_address, code_version
 
     cfg = config_from_cli(args)
-    out = Path(args.out).resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
+    # empty, a symlink loop, a file, read-only or not ours: refused here, before anything starts
+    out = output_folder(args.out, "--out")
     if args.max_failures < 0:
         raise UserError(f"--max-failures must be 0 or more, not {args.max_failures}")
     check_config(cfg)
@@ -85,14 +85,21 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"nothing to resume: {out} holds no checkpoint of a run")
 
     started = time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    with owning(out, "apet-ray train"):  # a second run into the same --out is refused, in one line
-        record = _run_local(cfg, out, args.resume) if cfg.workers == 0 else _run_ray(cfg, out, args)
-        trial_id = f"train-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}"
-        rows = rows_from_record(record, study="train", trial_id=trial_id, status="finished", code_version=code_version())
-        write_trial(out, trial_id, rows.trial, rows.curves, rows.transfer)
-        write_text(out / "run.json", json.dumps({"trial_id": trial_id, "record": record.to_dict()}, indent=2,
-                                                default=str))
+    try:
+        make_folder(out)
+        with owning(out, "apet-ray train"):  # a second run into the same --out is refused, in one line
+            record = _run_local(cfg, out, args.resume) if cfg.workers == 0 else _run_ray(cfg, out, args)
+            # a resume after a refused write rewrites the trial it began, not a second one
+            earlier = sorted(trial_ids(out)) if args.resume else []
+            trial_id = earlier[-1] if earlier else f"train-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}"
+            rows = rows_from_record(record, study="train", trial_id=trial_id, status="finished",
+                                    code_version=code_version())
+            write_trial(out, trial_id, rows.trial, rows.curves, rows.transfer)
+            write_text(out / "run.json", json.dumps({"trial_id": trial_id, "record": record.to_dict()}, indent=2,
+                                                    default=str))
+    except OutputError as exc:  # a full or read-only disk after the start: nothing half-written
+        raise exc.with_hint("free space or fix --out, then rerun the same command with --resume (training goes on "
+                            "from its last checkpoint)") from None
     print(f"[apet-ray] done: {record.metric} {record.final_score:.4f} (best {record.best_score:.4f}) "
           f"after {record.steps_run} steps in {record.wall_time_s:.0f} s; "
           f"deltas in {out / 'deltas.safetensors'}, record in {out / 'run.json'} and {out}/trials, curves")
@@ -119,8 +126,7 @@ def _run_local(cfg, out: Path, resume: bool):
     """In this process, no Ray: checkpoints go to OUT/checkpoints/step-N (the last two kept)."""
     from apet_ray.run import read_checkpoint, train
 
-    ckpts = out / "checkpoints"
-    ckpts.mkdir(parents=True, exist_ok=True)
+    ckpts = make_folder(out / "checkpoints")
     existing = _checkpoints(ckpts)
     restored = read_checkpoint(existing[-1]) if resume and existing else None
 
@@ -148,6 +154,9 @@ def _run_ray(cfg, out: Path, args: argparse.Namespace):
                            cpus_per_worker=per_worker)
     result = trainer.fit()
     if result.error is not None:
+        refused = machine_error(result.error)  # a worker's disk refused a checkpoint: one line
+        if refused is not None:
+            raise OutputError(refused.filename or out / "ray", refused)
         raise RuntimeError(f"training failed: {result.error}")
     with result.checkpoint.as_directory() as folder:
         copy_file(Path(folder) / "deltas.safetensors", out / "deltas.safetensors")

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apet_ray.atomic import write_text
-from apet_ray.errors import UserError
+from apet_ray.atomic import make_folder, write_text
+from apet_ray.errors import OutputError, UserError
 from apet_ray.report.data import SCORE_COLUMNS, prepare
 from apet_ray.report.findings import Finding, judge
 from apet_ray.report.findings import to_markdown as findings_markdown
@@ -86,8 +86,7 @@ def make_report(
     results, problems = read_results(root)
     for problem in problems:
         log.info("results problem: %s", problem)  # the CLI and report.md list them
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(Path(out_dir))
 
     data = prepare(results, score, margin, tol)
     _, table_paths = write_tables(data, out)
@@ -103,6 +102,8 @@ def make_report(
         except Skip as why:
             skipped[name] = str(why)
             log.info("skipped %s: %s", name, why)
+        except OutputError:  # the disk refused: the whole report stops, in one line
+            raise
         except Exception as exc:  # a figure bug must not cost the table, findings and problem list
             skipped[name] = f"failed: {type(exc).__name__}: {exc}"
             log.exception("figure %s failed", name)

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from apet_ray.atomic import replacing
+from apet_ray.atomic import make_folder, refused_as_output_error, replacing
 from apet_ray.errors import UserError
 from apet_ray.results.schema import ADDED_COLUMNS, SCHEMA_VERSION, SCHEMAS, TABLES, TRIAL_ID, to_table
 
@@ -62,7 +62,8 @@ def write_trial(
     means something went wrong. ``transfer`` is written only when there are rows; an older
     transfer file of the same trial is removed otherwise, so a rewrite fully replaces it.
     All rows are validated before anything is written: a bad row leaves the folder as it was.
-    Raises ``ValueError`` naming the offending row and column.
+    Raises ``ValueError`` naming the offending row and column, and ``errors.OutputError``
+    (one line: the path and the errno) when the disk refuses a write.
     """
     if not isinstance(trial_id, str) or not TRIAL_ID.match(trial_id):
         raise ValueError(
@@ -82,9 +83,10 @@ def write_trial(
     written: dict[str, Path] = {}
     for name in SCHEMAS:  # trials last
         path = root / name / f"{trial_id}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)  # a disk that refuses: atomic.OutputError, one line
         if name == "transfer" and tables[name].num_rows == 0:
-            path.unlink(missing_ok=True)
+            with refused_as_output_error(path):
+                path.unlink(missing_ok=True)
             continue
         _atomic_write(tables[name], path)
         written[name] = path

@@ -7,6 +7,7 @@ it in one line (``UserError``); the loop relies on it and repeats none of it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from apet_ray.delta.architectures import Kind, position_offset
 from apet_ray.delta.ops import PromptTokens
 from apet_ray.errors import UserError
 from apet_ray.models import DEFAULT_MODEL, build_model, check_run_tokenizer
+from apet_ray.paths import check_input
 from apet_ray.tasks import Task, custom_task, get_task, load_examples
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -141,11 +143,24 @@ def check_positions(model, kind: str, max_input_len: int, task: Task) -> None:
                         + (" or the prompt length" if prompt else ""))
 
 
+def check_paths(cfg: TrainConfig) -> None:
+    """The run's input paths (``paths.check_input``): none empty, no symlink loop, each readable
+    where it exists; a missing one is left to its reader, which says "not found"."""
+    if not str(cfg.model).strip():
+        raise UserError("model '': an empty name (leave --model out for the default)")
+    if os.path.lexists(Path(cfg.model).expanduser()):
+        check_input(cfg.model, "model")  # a local folder (a hub name is not a path here)
+    check_input(cfg.data_dir, "--data-dir", folder=True)
+    for key in ("path", "eval_path"):
+        check_input((cfg.custom or {}).get(key), "data file", folder=False)
+
+
 def check_config(cfg: TrainConfig) -> RunPlan:
     """Refuse, in one line, a run that cannot work, and say what it resolves to; loads one
     example per split to prove the data (no weights)."""
     from apet_ray.distributed import STRATEGIES
 
+    check_paths(cfg)
     for name in ("batch_size", "max_steps", "eval_every"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -10,6 +10,7 @@ import argparse
 from dataclasses import MISSING, dataclass, fields
 
 from apet_ray.distributed import STRATEGIES
+from apet_ray.paths import path_arg
 from apet_ray.run.config import DATA_SOURCES, LABEL_SETS, PRECISIONS, SCHEDULES, TrainConfig
 
 
@@ -27,7 +28,7 @@ class Option:
 
 
 RUN_OPTIONS = (
-    Option("data_dir", str, "folder of <task>/<split>.parquet|csv|jsonl files with the hub's columns",
+    Option("data_dir", path_arg, "folder of <task>/<split>.parquet|csv|jsonl files with the hub's columns",
            when_unset="the hub, then the packaged copy"),
     Option("data_source", str, "where task data comes from", choices=DATA_SOURCES),
     Option("batch_size", int, "global batch size, split over the workers"),

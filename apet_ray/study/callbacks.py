@@ -2,7 +2,11 @@
 
 ``ResultsWriter`` writes each trial's Parquet rows when it ends -- finished, stopped by
 ASHA or failed -- from the run record its last report carried, so a crash never tears a
-file and a resumed study never duplicates a row. ``Progress`` prints one line per started
+file and a resumed study never duplicates a row. A disk that refuses a write (full,
+read-only) stops the study: the writer keeps the failure instead of raising inside Tune
+(which would print Tune's traceback and retry the trial), ``stop_all`` ends the other
+trials, no further rows are written (their trials run again on ``--resume``, from their
+last checkpoints), and ``raise_failure`` turns it into one line once Tune has returned. ``Progress`` prints one line per started
 and per finished trial (what it is, its score, an ETA) and a status table at the end, in
 place of Tune's own per-trial config dumps.
 """
@@ -13,8 +17,9 @@ import time
 from pathlib import Path
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
-from apet_ray.errors import UserError
+from apet_ray.errors import OutputError
 from apet_ray.results import rows_from_record, write_trial
 from apet_ray.run.record import RunRecord
 from apet_ray.study.trials import sampled_entry, tune_trial_name
@@ -51,14 +56,15 @@ class ResultsWriter(Callback):
         self.records = TrialRecords()
         self.written = 0
         self.ids: list[str] = []
+        self.failure: OutputError | None = None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.records.add(trial, result)
 
     def _write(self, trial, status: str) -> None:
         last = trial.last_result or {}
-        if last.get("already_recorded"):
-            return
+        if last.get("already_recorded") or self.failure is not None:
+            return  # after a refused write nothing more is recorded: those trials run again on --resume
         tid = sampled_entry(trial.config)["trial_id"]
         record = self.records.get(trial)
         if record is None:
@@ -68,18 +74,42 @@ class ResultsWriter(Callback):
         rows = rows_from_record(record, self.study, tid, status, self.code_version)
         try:
             write_trial(self.results, tid, rows.trial, rows.curves, rows.transfer)
-        except OSError as exc:  # a full or read-only disk: nothing half-written stays (atomic.replacing)
-            raise UserError(f"cannot write the results of {tune_trial_name(trial)} to {self.results}: "
-                            f"{exc.strerror or exc}; free space or fix the folder, then --resume (that trial "
-                            f"runs again from its last checkpoint)") from None
+        except (OutputError, OSError) as exc:  # a full or read-only disk: nothing half-written stays (atomic.replacing)
+            if not isinstance(exc, OutputError):  # refused outside the atomic writer (a folder, a lock)
+                exc = OutputError(exc.filename or self.results, exc)
+            self.failure = exc.with_hint(f"the results of {tune_trial_name(trial)} and of the trials still running "
+                                         "are not recorded; free space or fix the folder, then rerun with --resume "
+                                         "(they go on from their last checkpoints)")
+            return
         self.written += 1
         self.ids.append(tid)
+
+    def stop_all(self) -> bool:
+        """Whether the study must end now (a write was refused): Tune's ``Stopper`` question."""
+        return self.failure is not None
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._write(trial, self.status or ("decided" if self.decided(trial.trial_id) else "finished"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._write(trial, "error")
+
+
+class WriteRefused(Stopper):
+    """Ends every trial of the experiment once one of its ``ResultsWriter``s could not write."""
+
+    def __init__(self, writers: list[ResultsWriter]):
+        self.writers = writers
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return any(w.stop_all() for w in self.writers)
 
 
 class Progress(Callback):

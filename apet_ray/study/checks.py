@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from apet_ray.errors import UserError
+from apet_ray.paths import output_folder
 from apet_ray.run.config import RunPlan, TrainConfig, check_config
 from apet_ray.study.config import StudyConfig
 from apet_ray.study.trials import trial_id
@@ -27,8 +28,8 @@ def validate(study: StudyConfig, trials: list[TrainConfig]) -> list[RunPlan]:
         raise UserError(f"--max-concurrent must be 1 or more, not {study.max_concurrent}")
     if study.json and not study.dry_run:
         raise UserError("--json only applies with --dry-run")
-    if Path(study.results).exists() and not Path(study.results).is_dir():
-        raise UserError(f"--results {study.results} is a file, not a folder")
+    # empty, a symlink loop, a file; unless a dry run (which needs no folder): read-only or not ours
+    output_folder(study.results, "--results", probe=not study.dry_run)
     if study.tune_lr < 0 or study.tune_lr == 1:
         raise UserError(f"--tune-lr needs at least 2 trials per group (or 0 for the fixed learning rates), got {study.tune_lr}")
     if not study.dry_run:

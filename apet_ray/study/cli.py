@@ -17,7 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from apet_ray.config_files import read_mapping
-from apet_ray.errors import Interrupted, OneLineParser, UserError
+from apet_ray.errors import Interrupted, OneLineParser, UserError, machine_error, machine_error_line
+from apet_ray.paths import path_arg
 from apet_ray.run.config import TrainConfig
 from apet_ray.run.options import add_run_arguments, config_from_args
 from apet_ray.study.config import StudyConfig
@@ -30,7 +31,7 @@ def study_arguments(description: str, defaults: dict, paper: Path | None = None)
     profiles = {"smoke": dict(defaults), "paper": {**defaults, **_raw_yaml(paper)} if paper else dict(defaults)}
     # no abbreviations: parse() tells flags given from defaults by their exact spelling
     p = OneLineParser(description=description, allow_abbrev=False)
-    p.add_argument("--config", help="YAML file with any of these options (flags override it)")
+    p.add_argument("--config", type=path_arg, help="YAML file with any of these options (flags override it)")
     p.add_argument("--profile", choices=sorted(profiles), default="smoke",
                    help="smoke: the embedded small study (short runs, laptop-sized: not the paper's settings); "
                         "paper: the paper's training setting (default: smoke)")
@@ -50,7 +51,7 @@ def study_arguments(description: str, defaults: dict, paper: Path | None = None)
     p.add_argument("--ft-lr", type=float, help="learning rate of the full fine-tuning trials (default: "
                    f"{ft_lr if ft_lr is not None else 'the --lr of the others'}; paper: the paper's, as --lr)")
     how = p.add_argument_group("study")
-    how.add_argument("--results", help=f"results folder: Parquet tables and Ray's files (default: {defaults.get('results')})")
+    how.add_argument("--results", type=path_arg, help=f"results folder: Parquet tables and Ray's files (default: {defaults.get('results')})")
     how.add_argument("--resume", action="store_true", help="continue an interrupted study in --results")
     how.add_argument("--asha", action="store_true",
                      help="stop trials that fall behind at ASHA rungs, ranked within each model and task; stopped "
@@ -141,6 +142,8 @@ def _typed(action: argparse.Action, value, where: str):
         return value
     try:
         return action.type(str(value))
+    except argparse.ArgumentTypeError as exc:  # the type's own words (an empty path...)
+        raise UserError(f"{where}: {action.dest}: {exc}") from None
     except (TypeError, ValueError):
         raise UserError(f"{where}: {action.dest}: {value!r} is not a {getattr(action.type, '__name__', 'valid value')}") from None
 
@@ -196,10 +199,17 @@ def study_config(args: argparse.Namespace, study: str, **extra) -> StudyConfig:
 
 
 def main(run) -> None:
-    """Run a study script's ``run()`` with user mistakes shown as one line."""
+    """Run a study script's ``run()`` with user mistakes -- and a machine that refuses (a full
+    or read-only disk no writer caught) -- shown as one line."""
     try:
         run()
     except UserError as exc:
         print(f"{Path(sys.argv[0]).name}: {'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}",
               file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        error = machine_error(exc)
+        if error is None:
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {machine_error_line(error)}", file=sys.stderr)
+        sys.exit(1)

@@ -125,7 +125,13 @@ def make_tuner(trainable, param_space: dict, name: str, results: Path, callbacks
     """The Tune experiment a study (or one group's lr search) runs: trials scored by their
     "score" (max) and named by apet-ray, under ``results``/ray/``name``."""
     from ray import tune
+    from ray.tune.stopper import CombinedStopper
 
+    from apet_ray.study.callbacks import ResultsWriter, WriteRefused
+
+    writers = [c for c in callbacks if isinstance(c, ResultsWriter)]
+    if writers:  # a refused write ends the experiment (the writer says why once it has returned)
+        stop = CombinedStopper(*([stop] if stop is not None else []), WriteRefused(writers))
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -140,6 +146,18 @@ def make_tuner(trainable, param_space: dict, name: str, results: Path, callbacks
                                   stop=stop, failure_config=tune.FailureConfig(max_failures=1),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
+
+
+def fit(tuner, writer):
+    """``tuner.fit()``, then the writer's refused write (if any) as one line -- also when Tune
+    itself failed on the same disk afterwards."""
+    try:
+        grid = tuner.fit()
+    except Exception:
+        writer.raise_failure()
+        raise
+    writer.raise_failure()
+    return grid
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from pathlib import Path
 from apet_ray.atomic import owning
 from apet_ray.run.config import TrainConfig
 from apet_ray.study.config import StudyConfig
-from apet_ray.study.experiment import make_tuner, placement, trial_settings, tune_trial
+from apet_ray.study.experiment import fit, make_tuner, placement, trial_settings, tune_trial
 from apet_ray.study.trials import entry, trial_names
 
 # log-uniform ranges per method family: around the paper's 3e-4 / 3e-2, wide enough for the
@@ -93,4 +93,4 @@ def _search(study: StudyConfig, name: str, cfg: TrainConfig, space, resources: d
                        search_alg=OptunaSearch(seed=cfg.seed), scheduler=asha, num_samples=study.tune_lr,
                        max_concurrent_trials=concurrent, reuse_actors=cfg.workers == 0)
     return [(float(r.config["lr"]), float(r.metrics.get("score", float("nan"))), int(r.metrics.get("step", 0)) >= cfg.max_steps)
-            for r in tuner.fit() if r.metrics]
+            for r in fit(tuner, writer) if r.metrics]

@@ -15,13 +15,14 @@ import json
 import time
 from pathlib import Path
 
-from apet_ray.atomic import owning, write_text
+from apet_ray.atomic import make_folder, owning, write_text
 from apet_ray.errors import Interrupted
 from apet_ray.results import recorded_trials, trial_ids
 from apet_ray.run.config import TrainConfig
 from apet_ray.study.checks import dry_run_rows, print_dry_run, validate
 from apet_ray.study.config import StudyConfig
-from apet_ray.study.experiment import experiment_name, make_tuner, placement, sigterm_as_interrupt, trial_settings, tune_trial
+from apet_ray.study.experiment import (experiment_name, fit, make_tuner, placement, sigterm_as_interrupt, trial_settings,
+                                      tune_trial)
 from apet_ray.study.lr_search import choose_lrs
 from apet_ray.study.trials import entry, trial_id, trial_names, with_lr
 
@@ -39,8 +40,7 @@ def run_study(study: StudyConfig, trials: list[TrainConfig], searcher=None, max_
     if study.dry_run:
         print_dry_run(study, dry_run_rows(trials, plans))
         return Path(study.results).resolve()
-    results = Path(study.results).resolve()
-    results.mkdir(parents=True, exist_ok=True)
+    results = make_folder(Path(study.results).resolve())
     with owning(results, study.study):  # a second study on this folder is refused, in one line
         return _run_study(study, trials, results, searcher, max_trials, callbacks, stopper)
 
@@ -101,7 +101,7 @@ def _run_study(study: StudyConfig, trials: list[TrainConfig], results: Path, sea
                    reuse_actors=workers == 0)
     started = time.time()
     with sigterm_as_interrupt():
-        grid_result = tuner.fit()
+        grid_result = fit(tuner, writer)  # a refused write: one line, after Tune has stopped every trial
     errors = [r.error for r in grid_result if r.error is not None]
     if progress.rows:
         print(progress.table(), flush=True)

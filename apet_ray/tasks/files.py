@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from apet_ray.errors import UserError
+from apet_ray.paths import check_input
 
 # the order in which a data directory is searched for a split file
 FILE_FORMATS = ("parquet", "csv", "jsonl")
@@ -27,6 +28,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read a whole data file; columns keep their names, text stays text. At most
     ``MAX_DATA_BYTES`` of data, checked before reading."""
     path = Path(path)
+    check_input(path, "data file", folder=False)  # empty, a symlink loop, unreadable, a folder
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     suffix = path.suffix.lower()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from apet_ray.config_files import read_mapping
 from apet_ray.errors import UserError
+from apet_ray.paths import check_input
 
 SUFFIXES = (".yaml", ".yml", ".json")
 _TYPES = {"classification": None, "generation": "sum"}  # None: sa for one text column, nli for two
@@ -36,6 +37,7 @@ def is_task_file(name: str) -> bool:
 
 def read_task_file(path: str | Path) -> tuple[str, dict]:
     """(the task's name, the keyword arguments of ``tasks.custom_task``) of a task file."""
+    check_input(path, "task file", folder=False)  # empty, a symlink loop, unreadable: before resolve() trips on it
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise UserError(f"task file not found: {path}")
@@ -92,9 +94,11 @@ def _parse(path: Path) -> dict:
 
 
 def _relative_to(task_file: Path, value: object, key: str) -> Path:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():
         raise UserError(f"{task_file}: {key!r} must be a file path")
-    return (task_file.parent / Path(value).expanduser()).resolve()
+    path = task_file.parent / Path(value).expanduser()
+    check_input(path, f"{task_file}: {key}", folder=False)
+    return path.resolve()
 
 
 def _words(task_file: Path, value: object) -> tuple[str, ...] | None:

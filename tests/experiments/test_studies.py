@@ -282,3 +282,37 @@ def test_tune_lr_searches_each_group_with_optuna_and_asha_then_runs_the_chosen_l
         ran = group[group.steps_run == 4] if (group.steps_run == 4).any() else group  # ASHA may stop some
         best = ran[ran.final_score == ran.final_score.max()].lr.min()  # ties go to the smaller step
         assert set(chosen[chosen.method == method].lr) == {best}  # both seeds at the chosen lr
+
+
+# a disk that fills up under the study: every write into trials/ is refused (the trial's rows
+# reach the atomic writer, which raises ENOSPC the way a full disk does)
+FULL_DISK = """
+import errno, os, runpy, sys
+import pyarrow.parquet as pq
+real = pq.write_table
+def write_table(table, where, *args, **kwargs):
+    if os.path.basename(os.path.dirname(str(where))) == "trials":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+    return real(table, where, *args, **kwargs)
+pq.write_table = write_table
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_full_disk_stops_the_study_in_one_line_and_resume_finishes_it(tmp_path):
+    argv = [str(ROOT / "experiments" / "structure_ablation.py"), *TINY, "--results", str(tmp_path), "--max-steps", "2",
+            "--workers", "0", "--distributions", "adjacent", "--max-concurrent", "1"]
+    full = subprocess.run([sys.executable, "-c", FULL_DISK, *argv], capture_output=True, text=True, timeout=600)
+    last = full.stderr.strip().splitlines()[-1]
+    assert full.returncode == 1, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr and "TuneError" not in full.stderr, full.stderr[-3000:]
+    assert last.startswith("structure_ablation.py: error: cannot write ") and "/trials/" in last, last
+    assert "No space left on device (ENOSPC)" in last and "--resume" in last
+    assert not list((tmp_path / "trials").glob("*.parquet")), "a trial was recorded on a full disk"
+    assert not [f for f in tmp_path.rglob(".*.tmp")], "a half-written file was left behind"
+    assert full.stdout.count("[apet-ray] start ") <= 2, "trials went on starting after the refused write"
+    done = study(tmp_path, "--max-steps", "2", "--workers", "0", "--distributions", "adjacent", "--max-concurrent", "1",
+                 "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(trials(tmp_path)) == 3 and set(trials(tmp_path).status) == {"finished"}

@@ -1,6 +1,7 @@
 """Malformed study configs are refused in one line before Ray starts."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,223 @@ def test_train_takes_the_out_folder_lock_and_a_finished_run_resumes_to_nothing(t
     assert main(argv + ["--resume"]) == 0  # finished: nothing to resume, no second row
     assert "nothing to resume" in capsys.readouterr().out
     assert len(read_results(out)[0].trials) == 1
+
+
+# ---- a disk that refuses after the start (issue 27, item 8) -----------------------------------
+
+
+def _refuse_writes_under(monkeypatch, folder_name: str, code: int):
+    """Every Parquet write into a ``folder_name`` folder fails the way a full (or read-only)
+    disk fails it: inside the atomic writer, after the temp file was made."""
+    import errno  # noqa: F401
+    import os
+
+    import pyarrow.parquet as pq
+
+    real = pq.write_table
+
+    def write_table(table, where, *args, **kwargs):
+        if Path(str(where)).parent.name == folder_name:
+            raise OSError(code, os.strerror(code), str(where))
+        return real(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", write_table)
+    return real
+
+
+@pytest.mark.parametrize("code, name", [(28, "ENOSPC"), (30, "EROFS")])
+def test_train_on_a_disk_that_refuses_is_one_line_and_resume_finishes_it(tmp_path, capsys, monkeypatch, code, name):
+    import pyarrow.parquet as pq
+
+    from apet_ray.cli import main
+    from apet_ray.results import read_results
+
+    out = tmp_path / "out"
+    argv = TRAIN + ["--max-steps", "2", "--eval-every", "2", "--out", str(out)]
+    real = _refuse_writes_under(monkeypatch, "trials", code)
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write {out}/trials/train-" in err[0] and f"({name})" in err[0], err
+    assert "--resume" in err[0]
+    assert not (out / "run.json").exists() and not list((out / "trials").glob("*.parquet"))
+    assert not [f for f in out.rglob(".*.tmp")]
+    monkeypatch.setattr(pq, "write_table", real)  # space is back
+    assert main(argv + ["--resume"]) == 0
+    assert len(read_results(out)[0].trials) == 1 and (out / "run.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_train_into_a_folder_made_read_only_after_the_check_is_one_line(tmp_path, capsys):
+    from apet_ray.cli import main
+
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints").chmod(0o555)  # --out itself passes the check; its checkpoints folder refuses
+    try:
+        assert main(TRAIN + ["--out", str(out)]) == 1
+    finally:
+        (out / "checkpoints").chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Permission denied (EACCES)" in err[0] and "checkpoints" in err[0], err
+
+
+def test_report_on_a_disk_that_refuses_is_one_line_and_nothing_half_written(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    from apet_ray.atomic import write_text
+    from apet_ray.cli import main
+    from apet_ray.results import write_trial
+    from test_results import curve, trial
+
+    write_trial(tmp_path / "results", "t1", trial("t1"), [curve(10)])
+    out = tmp_path / "report"
+    out.mkdir()
+    write_text(out / "table.csv", "an older table\n")
+    real = os.replace
+
+    def replace(a, b):  # the disk fills up at the first file the report puts in place
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(a))
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(["report", str(tmp_path / "results"), "--out", str(out)]) == 1
+    monkeypatch.setattr(os, "replace", real)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write" in err[0] and "(ENOSPC)" in err[0] and "report again" in err[0], err
+    assert (out / "table.csv").read_text() == "an older table\n"  # the old file, whole
+    assert not [f for f in out.iterdir() if f.name.endswith(".tmp")]
+
+
+# ---- paths that cannot be used (issue 27, item 9): refused before Ray starts, in one line ----
+
+
+def hostile_paths(tmp_path: Path) -> dict[str, str]:
+    """Symlink loops, a file on the way, a dangling symlink: every kind of path that is not one."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # a link to itself
+    (tmp_path / "ping").symlink_to(tmp_path / "pong")  # two links to each other
+    (tmp_path / "pong").symlink_to(tmp_path / "ping")
+    (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
+    (tmp_path / "loop.csv").symlink_to(tmp_path / "loop.csv")
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    return {name: str(tmp_path / name) for name in ("loop", "ping", "loop.yaml", "loop.csv", "a_file", "dangling")}
+
+
+PATH_CASES = [  # (flag, path under tmp_path, message)
+    ("--results", "loop", "--results {t}/loop: symlink loop"),
+    ("--results", "loop/results", "symlink loop"),
+    ("--results", "ping", "symlink loop"),
+    ("--results", "a_file/results", "a_file is a file, not a folder"),
+    ("--results", "dangling", "is a symlink to a missing target"),
+    ("--data-dir", "loop", "--data-dir {t}/loop: symlink loop"),
+    ("--data-dir", "a_file", "is a file, not a folder"),
+    ("--tasks", "loop.yaml", "task file {t}/loop.yaml: symlink loop"),
+    ("--models", "ping", "model {t}/ping: symlink loop"),
+    ("--config", "loop.yaml", "config file {t}/loop.yaml: symlink loop"),
+]
+
+
+@pytest.mark.parametrize("flag,where,message", PATH_CASES, ids=[f"{f}:{w}" for f, w, _ in PATH_CASES])
+def test_unusable_paths_are_refused_in_one_line_before_ray(flag, where, message, tmp_path):
+    hostile_paths(tmp_path)
+    argv = with_flag(TINY, flag, str(tmp_path / where))
+    if flag != "--results":
+        argv += ["--results", str(tmp_path / "results")]
+    with pytest.raises(UserError) as info:
+        script("structure_ablation").run(argv)  # not a dry run: the folder checks all apply
+    assert message.format(t=tmp_path) in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert not ray.is_initialized() and not (tmp_path / "results").exists()
+
+
+TRAIN_PATH_CASES = [
+    (["--out", "{t}/loop"], "--out {t}/loop: symlink loop"),
+    (["--out", "{t}/ping/run"], "symlink loop"),
+    (["--out", "{t}/a_file/run"], "is a file, not a folder"),
+    (["--data-dir", "{t}/pong"], "--data-dir {t}/pong: symlink loop"),
+    (["--train-file", "{t}/loop.csv", "--label-column", "label"], "data file {t}/loop.csv: symlink loop"),
+    (["--task", "{t}/loop.yaml"], "task file {t}/loop.yaml: symlink loop"),
+    (["--model", "{t}/loop"], "model {t}/loop: symlink loop"),
+]
+
+
+@pytest.mark.parametrize("extra,message", TRAIN_PATH_CASES, ids=[m for _, m in TRAIN_PATH_CASES])
+def test_train_refuses_unusable_paths_in_one_line(extra, message, tmp_path, capsys):
+    from apet_ray.cli import main
+
+    hostile_paths(tmp_path)
+    argv = TRAIN + [a.format(t=tmp_path) for a in extra]
+    if "--out" not in extra:
+        argv += ["--out", str(tmp_path / "out")]
+    if "--task" in extra or "--train-file" in extra:
+        i = argv.index("--task")
+        del argv[i:i + 2]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(t=tmp_path) in err[0], err
+    assert not ray.is_initialized() and not (tmp_path / "out").exists()
+
+
+def _read_only_disk(monkeypatch):
+    """A folder the kernel will not create files in, also for root: the probe's create fails
+    with EROFS, as on a read-only mount."""
+    import errno
+    import tempfile
+
+    def mkstemp(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_an_output_folder_on_a_read_only_disk_is_refused_before_ray(tmp_path, monkeypatch, capsys):
+    from apet_ray.cli import main
+
+    _read_only_disk(monkeypatch)
+    with pytest.raises(UserError, match=r"--results .*/results: not writable .*Read-only file system \(EROFS\)"):
+        script("structure_ablation").run(TINY + ["--results", str(tmp_path / "results")])
+    assert main(TRAIN + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "not writable" in err[0] and "(EROFS)" in err[0], err
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not writable" in err[0], err
+    assert not ray.is_initialized() and not [p.name for p in tmp_path.iterdir()]
+    # a dry run needs no folder: it still checks everything else
+    script("structure_ablation").run(TINY + ["--results", str(tmp_path / "results"), "--dry-run"])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("inside", ["", "new/results"])
+def test_an_output_folder_without_write_permission_is_refused_before_ray(tmp_path, capsys, inside):
+    from apet_ray.cli import main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match=r"--results .*: not writable.*Permission denied \(EACCES\)"):
+            script("structure_ablation").run(TINY + ["--results", str(locked / inside)])
+        assert main(TRAIN + ["--out", str(locked / inside)]) == 2
+        assert "not writable" in capsys.readouterr().err
+        unreadable = tmp_path / "data"
+        unreadable.mkdir(mode=0o000)
+        with pytest.raises(UserError, match="--data-dir .*: not readable"):
+            script("structure_ablation").run(with_flag(TINY, "--data-dir", str(unreadable)) +
+                                             ["--results", str(tmp_path / "r")])
+    finally:
+        locked.chmod(0o755)
+        (tmp_path / "data").chmod(0o755) if (tmp_path / "data").exists() else None
+    assert not ray.is_initialized()
+
+
+def test_report_refuses_unusable_paths_in_one_line(tmp_path, capsys):
+    from apet_ray.cli import main
+
+    hostile_paths(tmp_path)
+    for argv, message in ((["report", str(tmp_path / "loop")], "RESULTS_DIR {t}/loop: symlink loop"),
+                          (["report", str(tmp_path), "--out", str(tmp_path / "ping")], "--out {t}/ping: symlink loop"),
+                          (["report", str(tmp_path), "--out", str(tmp_path / "a_file")], "is a file, not a folder")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message.format(t=tmp_path) in err[0], err
+
