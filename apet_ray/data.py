@@ -43,6 +43,8 @@ def encode(task: Task, examples: list[Example], tokenizer, kind: str, max_input_
            max_target_len: int = 128) -> Encoded:
     limit = max_input_len or task.max_input_len
     if kind == Kind.BERT:
+        if len(task.text_columns) > 2:  # check_config refuses it; never drop a column silently here
+            raise ValueError(f"{task.name}: a BERT-family model reads one text or a pair, not {len(task.text_columns)}")
         texts = [e.inputs for e in examples]
         pairs = _clip([t[1] for t in texts], limit) if len(task.text_columns) == 2 else None
         enc = tokenizer(_clip([t[0] for t in texts], limit), pairs, truncation=True, max_length=limit)

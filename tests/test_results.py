@@ -221,3 +221,36 @@ def test_provenance_columns_are_written_and_older_and_newer_files_still_read(tmp
     assert rows.loc["new", "device"] == "AMD EPYC" and json.loads(rows.loc["new", "versions"])["torch"] == "2.13.0"
     assert pd.isna(rows.loc["old", "device"]) and len(rows) == 3
     assert any("schema version 9, newer than this reader's 3" in p for p in problems)
+
+
+def _rewrite(path: Path, **values: object) -> None:
+    """Set columns of a written file the way another tool (or an older writer) might have."""
+    import pyarrow as pa
+
+    table = pq.read_table(path)
+    for name, value in values.items():
+        i = table.column_names.index(name)
+        table = table.set_column(i, name, pa.array([value] * table.num_rows, table.schema.field(name).type))
+    pq.write_table(table, path)
+
+
+def test_rows_the_writer_would_refuse_are_named_counted_and_left_out(tmp_path: Path) -> None:
+    for name in ("good", "pct1", "pct2", "odd", "both"):
+        write_trial(tmp_path, name, trial(name), [curve(10), curve(20)])
+    _rewrite(tmp_path / "trials" / "pct1.parquet", final_score=95.0)  # percent where fractions go
+    _rewrite(tmp_path / "trials" / "pct2.parquet", best_score=81.5)
+    _rewrite(tmp_path / "trials" / "odd.parquet", status="done")  # not a status of the schema
+    _rewrite(tmp_path / "trials" / "both.parquet", final_score=-0.2, status="running")
+    _rewrite(tmp_path / "curves" / "good.parquet", score=70.0)
+    results, problems = read_results(tmp_path)
+    assert results.trials.trial_id.tolist() == ["good"]  # the report is still built from the rest
+    assert set(results.curves.trial_id) == set()  # good's curves are percent too; the others' trials left out
+    lines = "\n".join(problems)
+    assert len(problems) == 4, problems  # one line per kind of problem, not per file
+    # one line per kind: both files of the final_score problem named together
+    assert "trials: 2 row(s) in 2 file(s) (both.parquet, pct1.parquet) with final_score outside [0, 1]: percent, " \
+           "where the schema stores fractions? (e.g. " in lines
+    assert "trials: 1 row(s) in 1 file(s) (pct2.parquet) with best_score outside [0, 1]" in lines
+    assert "trials: 2 row(s) in 2 file(s) (both.parquet, odd.parquet) with a status apet-ray does not know" in lines
+    assert "curves: 2 row(s) in 1 file(s) (good.parquet) with score outside [0, 1]" in lines
+    assert all(p.endswith("left out of the report") for p in problems if "outside" in p or "status" in p)

@@ -138,7 +138,7 @@ _CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "family": lambda: KINDS,  # the column keeps its schema-2 name; it holds the kind
 }
 # scores are fractions; a 0-100 value is the most likely silent mistake, so refuse it
-_FRACTION_COLUMNS = ("random_guess", "majority", "final_score", "best_score", "ft_score", "score", "in_task_score")
+FRACTION_COLUMNS = ("random_guess", "majority", "final_score", "best_score", "ft_score", "score", "in_task_score")
 
 TRIAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 
@@ -177,7 +177,7 @@ def _check_value(table: str, i: int, f: pa.Field, value: object) -> object:
     if not isinstance(value, numbers.Real):
         raise ValueError(f"{where}: expected a number, got {type(value).__name__}")
     value = float(value)
-    if f.name in _FRACTION_COLUMNS and not math.isnan(value) and not 0.0 <= value <= 1.0:
+    if f.name in FRACTION_COLUMNS and not math.isnan(value) and not 0.0 <= value <= 1.0:
         raise ValueError(f"{where}: {value} is outside [0, 1] (scores are fractions, not percent)")
     return value
 

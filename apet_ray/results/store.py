@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from apet_ray.atomic import make_folder, refused_as_output_error, replacing
 from apet_ray.errors import UserError
-from apet_ray.results.schema import ADDED_COLUMNS, SCHEMA_VERSION, SCHEMAS, TABLES, TRIAL_ID, to_table
+from apet_ray.results.schema import (ADDED_COLUMNS, FRACTION_COLUMNS, SCHEMA_VERSION, SCHEMAS, STATUSES, TABLES, TRIAL_ID,
+                                     to_table)
 
 
 @dataclass
@@ -122,8 +123,12 @@ def read_results(results_dir: str | os.PathLike[str]) -> tuple[Results, list[str
 
     Returns the tables as pandas DataFrames and a list of problems, one line per file that
     could not be used (unreadable, corrupt, missing columns) or that is missing (a trial
-    with no curves file, curves/transfer with no trials row). Bad files are skipped; the
-    rest still loads. A folder that does not exist raises ``UserError``.
+    with no curves file, curves/transfer with no trials row), and one line per kind of
+    implausible row (``_implausible``: a score outside [0, 1] -- percent where the schema
+    stores fractions -- or a status the schema does not know), naming the files and the
+    count; such rows are left out (a trial's curves and transfer rows with its trials row).
+    Bad files are skipped; the rest still loads. A folder that does not exist raises
+    ``UserError``.
     """
     root = Path(results_dir)
     if not root.is_dir():
@@ -133,6 +138,8 @@ def read_results(results_dir: str | os.PathLike[str]) -> tuple[Results, list[str
     frames: dict[str, pd.DataFrame] = {}
     ids: dict[str, set[str]] = {}
     files: dict[str, int] = {}
+    implausible: dict[tuple[str, str], dict] = {}  # (table, what) -> rows, files, an example
+    left_out: set[str] = set()  # trials whose trials row was left out: their other rows go too
     for table in TABLES:
         schema = SCHEMAS[table]
         parts: list[pa.Table] = []
@@ -143,6 +150,7 @@ def read_results(results_dir: str | os.PathLike[str]) -> tuple[Results, list[str
             except Exception as exc:  # any failure is about this one file; report it, go on
                 problems.append(f"{table}/{path.name}: unreadable ({_first_line(exc)})")
                 continue
+            part = _leave_out(part, table, path.name, left_out, implausible)
             parts.append(part)
             ids[table].add(path.stem)
             version = _version(path)
@@ -162,11 +170,59 @@ def read_results(results_dir: str | os.PathLike[str]) -> tuple[Results, list[str
                 f"trials/{trial_id}.parquet: missing ({table}/{trial_id}.parquet exists; "
                 "trial unfinished or its row lost)"
             )
+    for (table, what), seen in implausible.items():
+        names = sorted(seen["files"])
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        hint = ": percent, where the schema stores fractions?" if seen["percent"] else ""
+        problems.append(f"{table}: {seen['rows']} row(s) in {len(names)} file(s) ({shown}) {what}{hint} "
+                        f"(e.g. {seen['example']}): left out of the report")
     if newer:
         problems.append(f"files of schema version {', '.join(sorted(newer))}, newer than this reader's "
                         f"{SCHEMA_VERSION}: read for the columns it knows (update apet-ray to see the rest)")
     results = Results(frames["trials"], frames["curves"], frames["transfer"], files)
     return results, problems
+
+
+def _implausible(part: pa.Table, table: str) -> list[tuple[str, pa.Array, object, bool]]:
+    """(what is wrong, a row mask, an example value, whether it looks like percent) for each kind of row the writer would have
+    refused but a file holds anyway (another tool wrote it, or an older apet-ray): a score
+    outside [0, 1] and, in trials, a status outside the schema's."""
+    import pyarrow.compute as pc
+
+    found = []
+    for name in FRACTION_COLUMNS:
+        if name not in part.column_names:
+            continue
+        values = part.column(name)
+        bad = pc.fill_null(pc.or_(pc.less(values, 0.0), pc.greater(values, 1.0)), False)
+        if pc.any(bad).as_py():
+            wrong = pc.filter(values, bad)
+            percent = pc.any(pc.and_(pc.greater(wrong, 1.0), pc.less_equal(wrong, 100.0))).as_py()
+            found.append((f"with {name} outside [0, 1]", bad, wrong[0].as_py(), bool(percent)))
+    if table == "trials":
+        status = part.column("status")
+        bad = pc.invert(pc.fill_null(pc.is_in(status, value_set=pa.array(STATUSES)), True))
+        if pc.any(bad).as_py():
+            found.append((f"with a status apet-ray does not know (known: {', '.join(STATUSES)})", bad,
+                          repr(pc.filter(status, bad)[0].as_py()), False))
+    return found
+
+
+def _leave_out(part: pa.Table, table: str, file: str, left_out: set[str], implausible: dict) -> pa.Table:
+    """``part`` without its implausible rows (recorded in ``implausible``) and without the rows
+    of trials already left out; a trials row left out adds its trial to ``left_out``."""
+    import pyarrow.compute as pc
+
+    keep = pc.invert(pc.is_in(part.column("trial_id"), value_set=pa.array(sorted(left_out), pa.string())))
+    for what, bad, example, percent in _implausible(part, table):
+        seen = implausible.setdefault((table, what), {"rows": 0, "files": set(), "example": example, "percent": False})
+        seen["rows"] += int(pc.sum(bad).as_py())
+        seen["percent"] |= percent
+        seen["files"].add(file)
+        keep = pc.and_(keep, pc.invert(bad))
+    if table == "trials":
+        left_out.update(pc.filter(part.column("trial_id"), pc.invert(keep)).to_pylist())
+    return part.filter(keep)
 
 
 def _version(path: Path) -> str | None:

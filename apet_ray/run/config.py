@@ -118,6 +118,12 @@ class RunPlan:
 def check_task_fits_kind(task: Task, kind: str) -> None:
     if kind == Kind.BERT and not task.is_classification:
         raise UserError(f"{task.name} is a {task.type} task: BERT-family models do classification only (SA, NLI, PI)")
+    if kind == Kind.BERT and len(task.text_columns) > 2:
+        # the encoder reads one text or a pair ([CLS] a [SEP] b [SEP]): a third column would be
+        # dropped without a word, so it is refused; T5 and decoder-only models read them all
+        raise UserError(f"{task.name} has {len(task.text_columns)} text columns ({', '.join(task.text_columns)}), but "
+                        "a BERT-family model reads one text or a pair: join them into one or two columns, or use a "
+                        "T5 or decoder-only model (they read every column, each named)")
 
 
 # Seeds feed torch.Generator and numpy, and are mixed with step numbers: 32 bits keep all

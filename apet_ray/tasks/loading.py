@@ -122,19 +122,19 @@ def _load_dir(task: Task, split: str, data_dir: Path) -> list[Example]:
             f"no {split} split for {task.name}: looked for "
             f"{data_dir / task.name}/{stem}.{{{','.join(FILE_FORMATS)}}}"
         )
-    return frame_to_examples(task, read_table(path), where=str(path))
+    return frame_to_examples(task, read_table(path), where=str(path), split=split)
 
 
 def _load_custom(task: Task, split: str) -> list[Example]:
     assert task.train_file is not None
     if task.eval_file is not None:
         path = task.train_file if split == "train" else task.eval_file
-        return frame_to_examples(task, read_table(path), where=path)
+        return frame_to_examples(task, read_table(path), where=path, split=split)
     frame = read_table(task.train_file)
     train_rows, eval_rows = holdout_indices(len(frame), task.eval_fraction, task.split_seed)
     rows = train_rows if split == "train" else eval_rows
     where = f"{task.train_file} ({split} part)"
-    return frame_to_examples(task, frame.iloc[rows].reset_index(drop=True), where=where)
+    return frame_to_examples(task, frame.iloc[rows].reset_index(drop=True), where=where, split=split)
 
 
 def _load_packaged(task: Task, split: str) -> list[Example]:
@@ -188,24 +188,42 @@ def _load_hub(task: Task, split: str) -> list[Example]:
     if missing:
         raise UserError(f"{where}: no column {', '.join(map(repr, missing))} "
                         f"(columns present: {', '.join(dataset.column_names)})")
-    return frame_to_examples(task, dataset.select_columns(needed).to_pandas(), where=where)
+    return frame_to_examples(task, dataset.select_columns(needed).to_pandas(), where=where, split=split)
 
 
 # ---------------------------------------------------------------- rows -> examples
 
 
-def frame_to_examples(task: Task, frame: pd.DataFrame, where: str) -> list[Example]:
+def frame_to_examples(task: Task, frame: pd.DataFrame, where: str, split: str = "train") -> list[Example]:
     """Check a table against ``task`` and turn its rows into ``Example``s.
 
-    ``where`` names the table (a path, or the hub dataset and split) in every error.
+    ``where`` names the table (a path, or the hub dataset and split) in every error. Text
+    cells that are not text (bytes, NUL characters, mostly control characters) are refused
+    with the column, the row count and the first row. A row with an empty text is left out
+    of a train split, with one warning (an empty input teaches nothing), and kept in an eval
+    split, so that scores are over the same examples as the hub's (SAMSum's validation split
+    has one empty dialogue); a split whose every row is empty is refused.
     """
     answer_column = task.label_column or task.target_column
     assert answer_column is not None
     require_columns(frame, [*task.text_columns, answer_column], where)
     if frame.empty:
         raise UserError(f"{where}: the split is empty")
-    inputs = list(zip(*(_texts(frame[c].tolist()) for c in task.text_columns)))
+    columns = [_texts(frame[c].tolist(), c, where) for c in task.text_columns]
+    inputs = list(zip(*columns))
     answers = frame[answer_column].tolist()
+    blank = [i for i, row in enumerate(inputs) if any(not text.strip() for text in row)]
+    if len(blank) == len(inputs):
+        raise UserError(f"{where}: every row has an empty text in {_names(task.text_columns)}")
+    if blank and split == "train":  # an input of nothing teaches nothing: left out, said once per table
+        named = [c for c, texts in zip(task.text_columns, columns) if any(not texts[i].strip() for i in blank)]
+        if (where, task.name) not in _WARNED_EMPTY:
+            _WARNED_EMPTY.add((where, task.name))
+            log.warning("%s: %d of %d row(s) have an empty text in %s: left out of training", where, len(blank), len(inputs),
+                        _names(named))
+        dropped = set(blank)
+        inputs = [row for i, row in enumerate(inputs) if i not in dropped]
+        answers = [a for i, a in enumerate(answers) if i not in dropped]
     if task.is_classification:
         labels = _label_ids(task, answers, where)
         return [Example(inputs=tuple(i), label=y) for i, y in zip(inputs, labels)]
@@ -213,9 +231,37 @@ def frame_to_examples(task: Task, frame: pd.DataFrame, where: str) -> list[Examp
     return [Example(inputs=tuple(i), targets=t) for i, t in zip(inputs, targets)]
 
 
-def _texts(values: list[object]) -> list[str]:
-    # a missing cell is an empty text, as on the hub (SAMSum has one empty dialogue)
-    return [v if isinstance(v, str) else "" if label_key(v) is None else str(v) for v in values]
+# control characters other than tab, newline and carriage return: text has a few at most
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+BINARY_SHARE = 0.1  # a cell with more control characters than this is binary, not text
+_WARNED_EMPTY: set[tuple[str, str]] = set()
+
+
+def _names(columns) -> str:
+    return ("column " if len(columns) == 1 else "columns ") + ", ".join(map(repr, columns))
+
+
+def _texts(values: list[object], column: str = "text", where: str = "data") -> list[str]:
+    """A text column's cells as strings. A missing cell is an empty text, as on the hub
+    (SAMSum has one empty dialogue; ``frame_to_examples`` leaves such rows out of a train split);
+    bytes, NUL characters or a cell of mostly control characters are not text: refused,
+    with the column, the number of rows and the first of them."""
+    out, bad = [], {}
+    for i, v in enumerate(values):
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            bad.setdefault("hold bytes, not text (a binary column?)", []).append(i)
+            v = ""
+        elif not isinstance(v, str):
+            v = "" if label_key(v) is None else str(v)
+        elif "\x00" in v:
+            bad.setdefault("hold NUL characters (a binary file, or the wrong encoding?)", []).append(i)
+        elif v and len(_CONTROL.findall(v)) > BINARY_SHARE * len(v):
+            bad.setdefault("are mostly control characters: binary, not text", []).append(i)
+        out.append(v)
+    if bad:
+        why, rows = next(iter(bad.items()))
+        raise UserError(f"{where}: {len(rows)} row(s) of column {column!r} {why} (first: row {rows[0] + 1})")
+    return out
 
 
 def _label_ids(task: Task, values: list[object], where: str) -> list[int]:

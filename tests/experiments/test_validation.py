@@ -514,3 +514,65 @@ def test_report_refuses_unusable_paths_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message.format(t=tmp_path) in err[0], err
 
+
+# ---- silent accepts that are refusals now (issue 27, item 10) ---------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--results", ""], ["--data-dir", ""], ["--config", " "], ["--results="]])
+def test_an_empty_path_is_refused_in_one_line(argv, capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        script("structure_ablation").run(TINY + argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and "an empty path" in err[0], err
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("data_dir: ''\n")  # the same value from a config file
+    with pytest.raises(UserError, match="data_dir: '' is an empty path"):
+        script("structure_ablation").run(TINY + ["--config", str(cfg), "--results", str(tmp_path / "r")])
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("flag", ["--out", "--data-dir", "--task", "--train-file", "--model"])
+def test_train_refuses_an_empty_path_instead_of_its_default(flag, tmp_path, capsys, monkeypatch):
+    from apet_ray.cli import main
+
+    monkeypatch.chdir(tmp_path)  # `--out ''` used to mean the current folder
+    with pytest.raises(SystemExit) as info:
+        main(TRAIN + ["--out", str(tmp_path / "out"), flag, ""])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and f"argument {flag}: '' is an empty path" in err[0], err
+    assert not list(tmp_path.iterdir())
+
+
+def test_three_text_columns_on_an_encoder_are_refused_not_cut_to_one(tmp_path, capsys):
+    from apet_ray.cli import main
+    from apet_ray.run import TrainConfig, check_config
+
+    rows = "".join(f"subject {i},body {i},sign {i},{i % 2}\n" for i in range(20))
+    (tmp_path / "three.csv").write_text("subject,body,signature,label\n" + rows)
+    three = ["--train-file", str(tmp_path / "three.csv"), "--text-columns", "subject,body,signature",
+             "--label-column", "label"]
+    argv = TRAIN + three + ["--out", str(tmp_path / "out")]
+    del argv[argv.index("--task"):argv.index("--task") + 2]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "3 text columns (subject, body, signature)" in err[0] and "one text or a pair" in err[0]
+    (tmp_path / "three.yaml").write_text("train: three.csv\ntext_columns: [subject, body, signature]\nlabel_column: label\n")
+    with pytest.raises(UserError, match="3 text columns"):
+        script("structure_ablation").run(with_flag(TINY, "--tasks", str(tmp_path / "three.yaml")) +
+                                         ["--results", str(tmp_path / "r")])
+    # T5 reads every column, each named: accepted
+    custom = dict(path=str(tmp_path / "three.csv"), text_columns=("subject", "body", "signature"), label_column="label")
+    plan = check_config(TrainConfig(model="tiny-t5", task="three", custom=custom, data_dir=None, workers=0))
+    assert plan.task == "three"
+
+
+def test_text_cells_that_are_not_text_stop_train_in_one_line(tmp_path, capsys):
+    from apet_ray.cli import main
+
+    rows = "".join(f"text {i},{i % 2}\n" for i in range(20))
+    (tmp_path / "nul.csv").write_text("text,label\n" + rows + "bad\x00cell,1\n")
+    argv = TRAIN + ["--train-file", str(tmp_path / "nul.csv"), "--label-column", "label", "--out", str(tmp_path / "o")]
+    del argv[argv.index("--task"):argv.index("--task") + 2]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 row(s) of column 'text' hold NUL characters" in err[0], err

@@ -126,3 +126,28 @@ def test_fig3_task_average_stands_on_the_tasks_every_point_has() -> None:
     assert len(mean) == 4 and (mean["mean"].round(6) == 0.8).all()
     # one complete task is not an average
     assert task_average(pd.DataFrame([r for r in rows if r["task"] != "rte"])) == []
+
+
+def test_scores_on_the_percent_scale_or_an_unknown_status_are_one_problem_line_each(tmp_path: Path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    results = _small_study(tmp_path / "results")
+    for name, column, value in (("bert-small-lora-0", "final_score", 70.0), ("bert-small-lora-1", "final_score", 71.0),
+                                ("bert-large-lora-0", "status", "completed")):
+        path = results / "trials" / f"{name}.parquet"
+        table = pq.read_table(path)
+        i = table.column_names.index(column)
+        pq.write_table(table.set_column(i, column, pa.array([value], table.schema.field(column).type)), path)
+    out = tmp_path / "report"
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    problems = [line for line in printed if line.startswith("problem: ")]
+    assert len(problems) == 2, problems
+    text = "\n".join(problems)
+    assert "2 row(s) in 2 file(s) (bert-small-lora-0.parquet, bert-small-lora-1.parquet) with final_score outside " \
+           "[0, 1]: percent" in text
+    assert "1 row(s) in 1 file(s) (bert-large-lora-0.parquet) with a status apet-ray does not know" in text
+    assert any(line.startswith("report: ") and "(5 trials)" in line for line in printed)  # the rest is reported
+    index = (out / "report.md").read_text(encoding="utf-8")
+    assert "with final_score outside [0, 1]" in index and (out / "table.csv").is_file()

@@ -188,3 +188,53 @@ def test_a_small_parquet_that_decodes_huge_is_refused_before_it_is_expanded(tmp_
     assert (tmp_path / "train.parquet").stat().st_size < 100_000
     with pytest.raises(UserError, match="GiB of text once read, more than"):
         files.read_table(tmp_path / "train.parquet")
+
+
+# ---- text cells that are not text (issue 27, item 10): refused, or left out of training -------
+
+
+@pytest.mark.parametrize("fmt, cell, message", [
+    ("parquet", "good\x00bad", "2 row(s) of column 'sentence2' hold NUL characters"),
+    ("jsonl", "\x00", "2 row(s) of column 'sentence2' hold NUL characters"),
+    ("parquet", b"\x89PNG\r\n\x1a\n\x00\x00", "40 row(s) of column 'sentence2' hold bytes, not text"),  # a binary column
+    ("parquet", "\x01\x02\x03\x04 \x05\x06\x07\x08", "2 row(s) of column 'sentence2' are mostly control characters"),
+])
+def test_text_cells_that_are_not_text_are_refused_with_the_column_and_row_count(tmp_path, fmt, cell, message):
+    rows = [dict(r) for r in RTE_ROWS]
+    for i in (5, 9):
+        rows[i]["sentence2"] = cell
+    if isinstance(cell, bytes):
+        for r in rows:
+            r["sentence2"] = r["sentence2"] if isinstance(r["sentence2"], bytes) else r["sentence2"].encode()
+    _write(tmp_path / "rte" / f"train.{fmt}", rows, fmt)
+    with pytest.raises(UserError) as info:
+        load_examples("rte", "train", data_dir=tmp_path)
+    text = str(info.value)
+    assert message in text and "(first: row " in text and f"train.{fmt}" in text and "\n" not in text, text
+
+
+def test_text_with_a_few_tabs_newlines_and_accents_is_text(tmp_path):
+    rows = [dict(r, sentence1=f"l\u00e9gende {i}\tcol\r\nnext line \u2603") for r in RTE_ROWS for i in [r["idx"]]]
+    _write(tmp_path / "rte" / "train.parquet", rows, "parquet")
+    assert len(load_examples("rte", "train", data_dir=tmp_path)) == 40
+
+
+def test_rows_with_an_empty_text_are_left_out_of_training_with_one_warning(tmp_path, caplog):
+    rows = [dict(r) for r in RTE_ROWS]
+    rows[3]["sentence1"] = ""
+    rows[7]["sentence2"] = "   "
+    rows[8]["sentence2"] = None
+    for split in ("train", "validation"):
+        _write(tmp_path / "rte" / f"{split}.csv", rows, "csv")
+    with caplog.at_level("WARNING"):
+        train = load_examples("rte", "train", data_dir=tmp_path)
+        load_examples("rte", "train", data_dir=tmp_path)  # validation loads a split per trial: said once
+    assert len(train) == 37 and all(e.inputs[0].strip() and e.inputs[1].strip() for e in train)
+    warned = [r.getMessage() for r in caplog.records if "empty text" in r.getMessage()]
+    assert len(warned) == 1 and "3 of 40 row(s)" in warned[0] and "'sentence1', 'sentence2'" in warned[0]
+    assert len(load_examples("rte", "eval", data_dir=tmp_path)) == 40  # eval keeps them: scored as the hub's split
+    for r in rows:
+        r["sentence1"] = ""
+    _write(tmp_path / "rte" / "train.csv", rows, "csv")
+    with pytest.raises(UserError, match="every row has an empty text in columns 'sentence1', 'sentence2'"):
+        load_examples("rte", "train", data_dir=tmp_path)
