@@ -9,10 +9,11 @@ recomputes ``W + W~`` (a weight-sized add, instead of holding one weight-sized t
 layer until backward) and computes the values gradient only where the mask is:
 
   adjacent  one product over the touched row block, ``g[..., r0:r1]^T @ x``, then a slice
-  discrete  the k sampled dot products ``<g[:, row_j], x[:, col_j]>`` (gathered columns
-            for a few entries, ``torch.sparse.sampled_addmm`` for more), or above a few
-            percent density the full ``g^T @ x`` gathered at the indices -- see
-            ``values_grad_path``
+  discrete  the k sampled dot products ``<g[:, row_j], x[:, col_j]>``: on CPU by the
+            compiled kernel of ``sampled_kernel`` (``csrc/sampled_grad.cpp``, built on first
+            use) up to 10 % density (3 % in bf16); where it cannot be built, or on another
+            device, gathered columns for a few entries, ``torch.sparse.sampled_addmm`` for
+            more, or the full ``g^T @ x`` gathered at the indices -- see ``values_grad_path``
 
 Gradients are computed in the incoming gradient's dtype (bf16 under autocast or FSDP2
 mixed precision) and returned in each input's own dtype. ``W`` and ``b`` are frozen in
@@ -27,6 +28,8 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+
+from apet_ray.delta import sampled_kernel
 
 # How a discrete mask's values gradient is formed (``values_grad_path``), as measured on
 # this project's CPU (2 cores, AVX-512 + AMX; 4,096 tokens; MiniLM's 384x384 and 384x1536
@@ -45,7 +48,21 @@ import torch.nn.functional as F
 #           add-discrete at LoRA's count took 1.38x the floor on it against 1.27x dense
 #   full    the dense g^T @ x gathered at the indices: everywhere else, and in bf16 on CPU,
 #           where AMX makes the dense product 4x cheaper and sampled_addmm has no bf16 kernel
+#   kernel  the compiled sampled kernel (sampled_kernel.py), wherever it builds: it reads dY
+#           and X once, tile by tile, and does k x tokens multiply-adds, so it beats all
+#           three above from the lowest density on -- fp32, one thread, 384x384 / 1536x384:
+#           0.3 / 1.4 ms at 0.05 % (gather 0.4 / 1.8, sddmm ~4 / ~12, dense 11 / 45), 2.1 /
+#           8.1 ms at 5 % -- until the dense product's better use of the core wins back its
+#           (out x in) / k times more work: in fp32 (and fp64) past 20 % (5.5 vs 11 ms,
+#           28 vs 45 ms at 20 %), so it stops at 10 %, with a 2-3x margin; in bf16 the dense
+#           product is about 4x cheaper and the crossover fell between 5 % (2.6 vs 3.2 ms,
+#           9.0 vs 12) and 10 % (4.1 vs 3.2), so it stops at 3 %. (Measured with other jobs
+#           on the 2 cores, minimum of 7: two-thread figures were noise; it splits the tokens
+#           over the threads, as the dense product does.) Where it cannot build, the rules
+#           above apply as they were measured.
 # On CUDA nothing is measured yet and the first rule stays: gather up to 0.2 %, else full.
+KERNEL_MAX_DENSITY = 0.10
+KERNEL_MAX_DENSITY_LOW_PRECISION = 0.03  # bf16 / fp16 gradients
 GATHER_MAX_DENSITY = 2e-3
 GATHER_MAX_ENTRIES_LOW_PRECISION = 32  # bf16 / fp16 gradients
 SDDMM_MAX_DENSITY = 0.04  # and only with one intra-op thread
@@ -54,12 +71,19 @@ CUDA_GATHER_MAX_DENSITY = 2e-3
 _SAMPLED_CHUNK_ELEMENTS = 1 << 22
 
 
-def values_grad_path(k: int, numel: int, dtype: torch.dtype, device_type: str, threads: int | None = None) -> str:
-    """"gather", "sddmm" or "full": how backward forms the gradient of k scattered values
-    of a weight of ``numel`` entries, from gradients in ``dtype`` on ``device_type``, with
-    ``threads`` intra-op threads (default: torch's setting)."""
+def values_grad_path(k: int, numel: int, dtype: torch.dtype, device_type: str, threads: int | None = None,
+                     kernel: bool = False) -> str:
+    """"kernel", "gather", "sddmm" or "full": how backward forms the gradient of k scattered
+    values of a weight of ``numel`` entries, from gradients in ``dtype`` on ``device_type``,
+    with ``threads`` intra-op threads (default: torch's setting). ``kernel``: the indices
+    allow the compiled kernel (sorted, no graph of the gradient wanted); whether it is built
+    is asked -- and on the first ask, built -- only where it would be chosen."""
     if device_type != "cpu":
         return "gather" if k <= CUDA_GATHER_MAX_DENSITY * numel else "full"
+    low_precision = dtype not in (torch.float32, torch.float64)
+    kernel_max = KERNEL_MAX_DENSITY_LOW_PRECISION if low_precision else KERNEL_MAX_DENSITY
+    if kernel and k <= kernel_max * numel and sampled_kernel.available():
+        return "kernel"
     if dtype not in (torch.float32, torch.float64):  # bf16 / fp16: sampled_addmm has no CPU kernel
         return "gather" if k <= GATHER_MAX_ENTRIES_LOW_PRECISION else "full"
     if k <= math.ceil(GATHER_MAX_DENSITY * numel):  # a budget split by largest remainder rounds up
@@ -128,6 +152,7 @@ def _sddmm(g2: torch.Tensor, x2: torch.Tensor, rows: torch.Tensor, cols: torch.T
 
 def _sorted(indices: torch.Tensor) -> bool:
     # the mask functions' contract; a hand-made mask out of order takes the gather path
+    # (or, where the kernel would have run, the PyTorch path its density picks)
     return indices.numel() < 2 or bool((indices[1:] > indices[:-1]).all())
 
 
@@ -170,7 +195,13 @@ class MaskedAddLinear(torch.autograd.Function):
             if need_w or need_v:
                 x2 = x.reshape(-1, in_f).to(dtype)
             k = values.numel()
-            path = "adjacent" if run_start is not None else values_grad_path(k, weight.numel(), dtype, device_type)
+            # the kernel walks the mask in CSR order, and its output has no graph for a
+            # double backward (create_graph=True) to follow
+            kernel = (need_v and not need_w and run_start is None and device_type == "cpu"
+                      and not torch.is_grad_enabled() and _sorted(indices))
+            # positional: tests replace values_grad_path with a lambda *_
+            path = "adjacent" if run_start is not None else values_grad_path(k, weight.numel(), dtype, device_type,
+                                                                              None, kernel)
             full = None
             if need_w or (need_v and path == "full"):
                 full = g2.t().mm(x2)
@@ -185,6 +216,8 @@ class MaskedAddLinear(torch.autograd.Function):
                     block = g2[:, r0:r1].t().mm(x2)
                     offset = run_start - r0 * in_f
                     gv = block.view(-1)[offset:offset + k]
+                elif path == "kernel" and kernel and sampled_kernel.available():
+                    gv = sampled_kernel.sampled_dots(g2, x2, indices)  # fp32 for bf16 gradients
                 else:  # discrete: k dot products over the tokens
                     rows = torch.div(indices, in_f, rounding_mode="floor")
                     cols = indices - rows * in_f
