@@ -129,7 +129,6 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, bf16: bool) -> n
     fully_shard(model, mesh=mesh, mp_policy=policy)
     load(model, "")
     if source is not None:
-        source.close()
         del model.apet_weights
     if hasattr(model, "generate"):  # generation must gather the root's weights like forward does
         register_fsdp_forward_method(model, "generate")

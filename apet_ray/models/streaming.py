@@ -5,7 +5,10 @@ the meta device -- nothing allocated, nothing initialised, no random numbers dra
 its buffers (position ids, rotary frequencies) and everything outside it (a classifier head,
 the deltas) are built for real, as in any build. ``WeightSource`` then knows, for each meta
 parameter, which tensor of which safetensors file holds it, and ``read`` returns the rows a
-rank keeps (``distributed.wrap``): no rank ever maps or reads the whole file.
+rank keeps (``distributed.wrap``): no rank ever maps or reads the whole file. Reads are
+plain reads into the rank's own tensor, not a memory map, whose touched file pages would
+count in the rank's resident memory until unmapped (measured: 0.92 x one process with
+``safe_open`` slices, fp32 t5-v1_1-large, against ... without).
 
 A folder streams when its safetensors files cover every backbone parameter under the
 model's own names (optionally with or without the base-model prefix, as transformers saves
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,14 +40,6 @@ def weight_files(folder: Path) -> dict[str, Path] | None:
         with safe_open(single, "pt") as f:
             return {key: single for key in f.keys()}
     return None
-
-
-def _shapes(paths: set[Path]) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for path in paths:
-        with safe_open(path, "pt") as f:
-            shapes.update((key, tuple(f.get_slice(key).get_shape())) for key in f.keys())
-    return shapes
 
 
 @contextlib.contextmanager
@@ -69,19 +65,48 @@ def parameters_on_meta():
         nn.Module.register_parameter = register
 
 
+# safetensors dtype names -> torch dtypes (the format's spec: dtype, shape, data_offsets)
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # byte offset of the tensor's data in the file
+
+
+def _entries(paths: set[Path]) -> dict[str, _Entry]:
+    """Every tensor's place in the files, from their headers (already checked whole by
+    ``models.folder``): the data are read with plain reads, never memory-mapped, so a rank's
+    resident memory holds the rows it keeps and not the file pages it went through."""
+    out = {}
+    for path in paths:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+        for key, info in header.items():
+            if key != "__metadata__" and info["dtype"] in _DTYPES:
+                out[key] = _Entry(path, _DTYPES[info["dtype"]], tuple(info["shape"]), 8 + size + info["data_offsets"][0])
+    return out
+
+
 @dataclass
 class WeightSource:
     """Where each streamed parameter of a model lives: parameter (by identity) -> file key."""
 
-    files: dict[str, Path]
-    keys: dict[int, str]  # id(parameter) -> tensor name in ``files``
-    _open: dict[Path, object] = field(default_factory=dict, repr=False)
+    entries: dict[str, _Entry]
+    keys: dict[int, str]  # id(parameter) -> tensor name in the files
     bytes_read: int = 0
 
     @classmethod
     def of(cls, backbone: nn.Module, folder: Path) -> WeightSource | None:
         """The source of every meta parameter of ``backbone``, or None if some parameter is
-        not in the folder's safetensors files (then the model loads the usual way)."""
+        not in the folder's safetensors files under its name and shape (then the model loads
+        the usual way)."""
         files = weight_files(folder)
         if files is None:
             return None
@@ -95,11 +120,11 @@ class WeightSource:
             if key is None:
                 return None
             keys[id(param)] = key
-        shapes = _shapes({files[k] for k in keys.values()})
+        entries = _entries({files[k] for k in keys.values()})
         wanted = {id(p): tuple(p.shape) for p in backbone.parameters()}
-        if any(shapes.get(key) != wanted[pid] for pid, key in keys.items()):
+        if any(key not in entries or entries[key].shape != wanted[pid] for pid, key in keys.items()):
             return None  # stored in another layout (transposed, padded): not sliceable as the model holds it
-        return cls(files, keys)
+        return cls(entries, keys)
 
     def names(self, model: nn.Module) -> dict[str, str]:
         """State-dict name -> file key for ``model`` as it is now (deltas attached, before
@@ -109,19 +134,19 @@ class WeightSource:
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows ``start:stop`` of tensor ``key`` (the whole tensor by default), read from its file."""
-        path = self.files[key]
-        if path not in self._open:
-            self._open[path] = safe_open(path, "pt")
-        part = self._open[path].get_slice(key)
-        rows = part.get_shape()[0] if part.get_shape() else 0
-        tensor = part[start:rows if stop is None else stop] if rows else part[:]
-        self.bytes_read += tensor.nbytes
-        return tensor
+        entry = self.entries[key]
+        rows = entry.shape[0] if entry.shape else 1
+        stop = rows if stop is None else min(stop, rows)
+        row_bytes = math.prod(entry.shape[1:]) * entry.dtype.itemsize
+        out = torch.empty((stop - start, *entry.shape[1:]) if entry.shape else (), dtype=entry.dtype)
+        if out.numel():
+            with open(entry.path, "rb", buffering=0) as fh:
+                fh.seek(entry.start + start * row_bytes)
+                fh.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()))
+        self.bytes_read += out.nbytes
+        return out
 
     def rows(self, key: str, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of tensor ``key`` (a prompt initialised from the embedding table)."""
         return torch.cat([self.read(key, int(i), int(i) + 1) for i in ids.tolist()]) if ids.numel() else \
             self.read(key, 0, 0)
-
-    def close(self) -> None:
-        self._open.clear()  # safe_open handles unmap when dropped
