@@ -212,11 +212,12 @@ def frame_to_examples(task: Task, frame: pd.DataFrame, where: str, split: str = 
     columns = [_texts(frame[c].tolist(), c, where) for c in task.text_columns]
     inputs = list(zip(*columns))
     answers = frame[answer_column].tolist()
-    blank = [i for i, row in enumerate(inputs) if any(not text.strip() for text in row)]
+    blank = [i for i, row in enumerate(inputs) if any(not text or text.isspace() for text in row)]  # no copies
     if len(blank) == len(inputs):
         raise UserError(f"{where}: every row has an empty text in {_names(task.text_columns)}")
     if blank and split == "train":  # an input of nothing teaches nothing: left out, said once per table
-        named = [c for c, texts in zip(task.text_columns, columns) if any(not texts[i].strip() for i in blank)]
+        named = [c for c, texts in zip(task.text_columns, columns) if any(not texts[i] or texts[i].isspace()
+                                                                          for i in blank)]
         if (where, task.name) not in _WARNED_EMPTY:
             _WARNED_EMPTY.add((where, task.name))
             log.warning("%s: %d of %d row(s) have an empty text in %s: left out of training", where, len(blank), len(inputs),
@@ -234,6 +235,7 @@ def frame_to_examples(task: Task, frame: pd.DataFrame, where: str, split: str = 
 # control characters other than tab, newline and carriage return: text has a few at most
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 BINARY_SHARE = 0.1  # a cell with more control characters than this is binary, not text
+_SAMPLE = 65_536  # characters of a cell looked at for control characters (binary shows at once)
 _WARNED_EMPTY: set[tuple[str, str]] = set()
 
 
@@ -255,7 +257,7 @@ def _texts(values: list[object], column: str = "text", where: str = "data") -> l
             v = "" if label_key(v) is None else str(v)
         elif "\x00" in v:
             bad.setdefault("hold NUL characters (a binary file, or the wrong encoding?)", []).append(i)
-        elif v and len(_CONTROL.findall(v)) > BINARY_SHARE * len(v):
+        elif v and len(_CONTROL.findall(v[:_SAMPLE])) > BINARY_SHARE * min(len(v), _SAMPLE):  # bounded: a prefix
             bad.setdefault("are mostly control characters: binary, not text", []).append(i)
         out.append(v)
     if bad:

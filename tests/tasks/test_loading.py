@@ -180,13 +180,14 @@ def test_a_small_parquet_that_decodes_huge_is_refused_before_it_is_expanded(tmp_
 
     from apet_ray.tasks import files
 
-    monkeypatch.setattr(files, "MAX_DATA_BYTES", 10 * 2**20)
+    monkeypatch.setenv("APET_RAY_MEMORY_CAP_MB", str(files.PROCESS_MB + 40))  # 40 MB for data
     rows = 5_000
     text = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * 8000]))
     pq.write_table(pa.table({"sentence": text, "label": pa.array([0] * rows)}), tmp_path / "train.parquet",
                    compression="zstd")
     assert (tmp_path / "train.parquet").stat().st_size < 100_000
-    with pytest.raises(UserError, match="GiB of text once read, more than"):
+    with pytest.raises(UserError, match=r"reading it would take about \d+ MB \(38 MB of data, 5,000 rows\), more "
+                                         r"than the 40 MB a data file may use under the 552 MB memory cap"):
         files.read_table(tmp_path / "train.parquet")
 
 
@@ -238,3 +239,22 @@ def test_rows_with_an_empty_text_are_left_out_of_training_with_one_warning(tmp_p
     _write(tmp_path / "rte" / "train.csv", rows, "csv")
     with pytest.raises(UserError, match="every row has an empty text in columns 'sentence1', 'sentence2'"):
         load_examples("rte", "train", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_text_file_too_long_or_with_too_many_lines_is_refused_before_it_is_parsed(tmp_path, monkeypatch, fmt):
+    from apet_ray.tasks import files
+
+    monkeypatch.setenv("APET_RAY_MEMORY_CAP_MB", str(files.PROCESS_MB + 4))  # 4 MB for data
+    one_line = [{"sentence": "a" * 2_000_000, "label": 1}, {"sentence": "b", "label": 0}]
+    _write(tmp_path / "long" / f"train.{fmt}", one_line, fmt)
+    with pytest.raises(UserError, match=r"reading it would take about \d+ MB \(2 MB of data, [23] rows\), more than "
+                                         r"the 4 MB a data file may use"):
+        files.read_table(tmp_path / "long" / f"train.{fmt}")
+    many = [{"sentence": "a", "label": i % 2} for i in range(20_000)]  # 0.3 MB, but 20,000 rows of Python objects
+    _write(tmp_path / "many" / f"train.{fmt}", many, fmt)
+    with pytest.raises(UserError, match=r"20,00\d rows\), more than the 4 MB"):
+        files.read_table(tmp_path / "many" / f"train.{fmt}")
+    monkeypatch.setenv("APET_RAY_MEMORY_CAP_MB", "lots")
+    with pytest.raises(UserError, match="APET_RAY_MEMORY_CAP_MB must be a whole number of MB"):
+        files.read_table(tmp_path / "many" / f"train.{fmt}")
