@@ -9,7 +9,8 @@ LoRA's exact count, against
   (c) full fine-tuning;
 and a naive dense weight-times-mask delta (what Add-Discrete costs without the sparse
 parameterisation), and Add-Discrete at 0.2 % of the linear weights (``@0.2%``: the
-density below which its values gradient gathers k dot products). ``--precision bf16``
+density below which its values gradient gathers k dot products); a ``+pytorch`` variant
+is the same delta with the compiled sampled kernel held off (``sampled_kernel.disabled``). ``--precision bf16``
 runs under autocast with the frozen linears and embeddings stored in bf16, as a bf16 run
 does (``distributed.store_frozen_in_bf16``), and adds the speed-up over the fp32 table. Variants run round-robin (warm-up, then repetitions, medians), so
 machine noise hits them alike. Also records trainable and optimizer-state bytes.
@@ -50,6 +51,7 @@ def build(variant: str, model_name: str, bf16: bool = False):
     from apet_ray.delta.layers import DeltaLinear
     from apet_ray.models import build_model
 
+    variant = variant.removesuffix("+pytorch")
     model, _ = build_model(model_name, num_labels=2)
     model.head.requires_grad_(False)  # the same for all: compare the deltas only
     if variant == "floor":
@@ -89,8 +91,15 @@ def build(variant: str, model_name: str, bf16: bool = False):
 
 
 def step_fn(model, variant, batch, labels, opt, bf16: bool = False):
+    import contextlib
+
+    from apet_ray.delta import sampled_kernel
+
+    # "+pytorch": the same delta with the compiled sampled kernel held off (PyTorch's paths)
+    paths = sampled_kernel.disabled if variant.endswith("+pytorch") else contextlib.nullcontext
+
     def step():
-        with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=bf16):
+        with paths(), torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=bf16):
             run()
 
     def run():
@@ -117,7 +126,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: autocast around forward and backward (what --precision auto picks on AMX CPUs)")
     p.add_argument("--variants", default="floor,peft-lora,lora,apet-add-weight-adjacent,apet-add-weight-discrete,"
-                   "apet-add-weight-discrete@0.2%,apet-concat-adjacent,apet-concat-discrete,apet-plugin-adjacent,apet-plugin-discrete,"
+                   "apet-add-weight-discrete+pytorch,apet-add-weight-discrete@0.2%,apet-add-weight-discrete@0.2%+pytorch,apet-concat-adjacent,apet-concat-discrete,apet-plugin-adjacent,apet-plugin-discrete,"
                    "dense-mask,bitfit,adapter,prompt,ft")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()

@@ -16,6 +16,7 @@ False and the callers keep PyTorch's own paths. ``APET_RAY_SAMPLED_KERNEL`` over
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -83,7 +84,22 @@ def state() -> KernelState:
 
 
 def available() -> bool:
-    return state().available
+    return not _held_off and state().available
+
+
+_held_off = 0
+
+
+@contextlib.contextmanager
+def disabled():
+    """PyTorch's paths inside, whatever is built: the same step measured both ways in one
+    process (benchmarks/step_time.py)."""
+    global _held_off
+    _held_off += 1
+    try:
+        yield
+    finally:
+        _held_off -= 1
 
 
 def reset() -> None:

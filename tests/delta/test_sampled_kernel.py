@@ -326,3 +326,13 @@ def test_build_directory_is_per_torch_and_source_under_the_user_cache(monkeypatc
     assert a.parent == tmp_path / "apet-ray" / "extensions" and a != b
     assert a.name.startswith(f"{torch.__version__}-")
     assert sampled_kernel.build_directory(b"one source") == a
+
+
+def test_disabled_holds_the_kernel_off_inside_only():
+    before = sampled_kernel.available()
+    with sampled_kernel.disabled():
+        assert not sampled_kernel.available()
+        with sampled_kernel.disabled():
+            assert not sampled_kernel.available()
+        assert not sampled_kernel.available()
+    assert sampled_kernel.available() == before
