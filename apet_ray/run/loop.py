@@ -115,7 +115,8 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
         rows = shard(global_batch(len(train_data), cfg.batch_size, step, cfg.seed), rank, world)
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout depends on the step alone: exact resumes
         loss = 0.0
-        for batch, share in _micro_batches(train_data, rows, cfg.grad_accum, tokenizer.pad_token_id, info.kind, device):
+        for batch, share in _micro_batches(train_data, rows, cfg.grad_accum, tokenizer.pad_token_id, info.kind, device,
+                                           by_length=world == 1):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 part = model(**batch)["loss"] * share  # the batch's mean loss, assembled part by part
             part.backward()
@@ -189,17 +190,46 @@ def _adamw(named: dict[str, torch.Tensor], base_lr: float, prompt_lr: float, wei
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
 
 
-def _micro_batches(data, rows: list[int], parts: int, pad_id: int, kind: str, device):
+def _micro_batches(data, rows: list[int], parts: int, pad_id: int, kind: str, device, by_length: bool = False):
     """This rank's rows in ``parts`` micro-batches, each with its share of the batch's loss:
     the losses are means over the counted targets (class labels, or target tokens not
     ignored), so a part's share is its count over the batch's and the summed gradients are
-    the whole batch's."""
-    batches = [{k: v.to(device) for k, v in collate(data, chunk, pad_id, kind).items()}
-               for chunk in (rows[i::parts] for i in range(parts)) if chunk]
+    the whole batch's. ``by_length`` (one process only: distributed ranks must run the same
+    number of forwards) further splits a micro-batch into length buckets where that saves
+    padding (``_length_buckets``): the same examples and the same summed gradient."""
+    chunks = [rows[i::parts] for i in range(parts)]
+    if by_length:
+        chunks = [bucket for chunk in chunks for bucket in _length_buckets(data, chunk, kind)]
+    batches = [{k: v.to(device) for k, v in collate(data, chunk, pad_id, kind).items()} for chunk in chunks if chunk]
     # a decoder's loss is over the labels shifted by one: its first label is never counted
     counted = [int((b["labels"][:, 1:] if kind == Kind.CAUSAL else b["labels"]).ne(-100).sum()) for b in batches]
     total = max(sum(counted), 1)
     return [(b, n / total) for b, n in zip(batches, counted)]
+
+
+# A batch is padded to its longest example: one of 16 short reviews padded to the longest
+# computes about twice the tokens it has. Split in two by length when that pads at least
+# SPLIT_SAVES fewer tokens (each forward has a small fixed cost), down to MIN_BUCKET rows.
+# Measured, MiniLM, Rotten Tomatoes (27 tokens on average, cut at 64), batch 16, fp32, one
+# thread, AVX2 code paths: one batch 456 ms a step, two length halves 351 ms, four 323 ms.
+SPLIT_SAVES = 0.2
+MIN_BUCKET = 4
+
+
+def _length_buckets(data, rows: list[int], kind: str) -> list[list[int]]:
+    if len(rows) < 2 * MIN_BUCKET:
+        return [rows]
+
+    def size(r: int) -> int:  # what padding scales: the input, and a text-to-text target
+        return len(data.input_ids[r]) + (0 if kind == Kind.BERT else len(data.labels[r]))
+
+    ordered = sorted(rows, key=size)
+    half = len(ordered) // 2
+    whole = len(ordered) * size(ordered[-1])
+    split = half * size(ordered[half - 1]) + (len(ordered) - half) * size(ordered[-1])
+    if split > (1 - SPLIT_SAVES) * whole:
+        return [rows]
+    return _length_buckets(data, ordered[:half], kind) + _length_buckets(data, ordered[half:], kind)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, schedule: str, step: int, max_steps: int) -> None:

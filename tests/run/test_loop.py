@@ -263,3 +263,36 @@ def test_gradient_accumulation_takes_the_whole_batchs_step(tmp_path, kind):
         torch.testing.assert_close(records[4, "deltas"][name], value, atol=1e-5, rtol=1e-5)
     with pytest.raises(UserError, match="cannot be cut into 16 micro-batches"):
         check_config(tiny(grad_accum=16, batch_size=8))
+
+
+@pytest.mark.parametrize("kind", ["bert", "t5"])
+def test_length_buckets_pad_less_and_take_the_same_step(kind):
+    from apet_ray.data import encode
+    from apet_ray.delta import attach
+    from apet_ray.models import build_model, load_tokenizer
+    from apet_ray.run.loop import _length_buckets, _micro_batches
+    from apet_ray.tasks import Example, get_task
+
+    task = get_task("sst2")
+    tokenizer = load_tokenizer("tiny-bert")
+    examples = [Example(inputs=(" ".join(["film"] * (1 + (i * 7) % 48)),), label=i % 2) for i in range(16)]
+    data = encode(task, examples, tokenizer, kind, 64)
+    rows = list(range(16))
+    buckets = _length_buckets(data, rows, kind)
+    assert len(buckets) > 1 and sorted(r for b in buckets for r in b) == rows
+    padded = lambda groups: sum(len(g) * max(len(data.input_ids[r]) for r in g) for g in groups)
+    assert padded(buckets) < 0.8 * padded([rows])
+
+    grads = []
+    for by_length in (False, True):
+        model, _ = build_model(f"tiny-{kind}", num_labels=2, seed=0)  # presets: dropout off
+        attach(model, DeltaSpec.pet("lora"))
+        loss = 0.0
+        for batch, share in _micro_batches(data, rows, 1, tokenizer.pad_token_id, kind, "cpu", by_length=by_length):
+            part = model(**batch)["loss"] * share
+            part.backward()
+            loss += float(part)
+        grads.append((loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, atol=1e-6, rtol=1e-5)
