@@ -5,14 +5,12 @@ the meta device (a count), else with its weights."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
-from safetensors import safe_open
 from torch import nn
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig,
                           T5ForConditionalGeneration)
@@ -27,7 +25,7 @@ from apet_ray.models.offline import (MINILM_NAMES, MPNET_NAMES, SMOLLM2_NAMES, T
                                      smollm2_path, verified)
 from apet_ray.models.seq2seq import Seq2SeqLM
 from apet_ray.models.signature import accepts
-from apet_ray.models.streaming import WeightSource, parameters_on_meta
+from apet_ray.models.streaming import WeightSource, parameters_on_meta, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -200,13 +198,9 @@ def _untie_head(backbone: T5ForConditionalGeneration, where: str | Path) -> T5Fo
 def _has_own_head(where: str | Path) -> bool:
     """The checkpoint's own word if there are weights (an ``lm_head.weight`` entry), else the
     config file's ``tie_word_embeddings`` as written (transformers 5 rewrites it to true)."""
-    folder = Path(where)
-    index, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
-    if index.is_file():
-        return "lm_head.weight" in json.loads(index.read_text()).get("weight_map", {})
-    if single.is_file():
-        with safe_open(single, "pt") as f:
-            return "lm_head.weight" in f.keys()
+    files = weight_files(Path(where))
+    if files is not None:
+        return "lm_head.weight" in files
     if where in TINY:
         return False
     try:

@@ -7,8 +7,9 @@ the deltas) are built for real, as in any build. ``WeightSource`` then knows, fo
 parameter, which tensor of which safetensors file holds it, and ``read`` returns the rows a
 rank keeps (``distributed.wrap``): no rank ever maps or reads the whole file. Reads are
 plain reads into the rank's own tensor, not a memory map, whose touched file pages would
-count in the rank's resident memory until unmapped (measured: 0.92 x one process with
-``safe_open`` slices, fp32 t5-v1_1-large, against ... without).
+count in the rank's resident memory until unmapped (measured on fp32 t5-v1_1-large: a
+rank peaked at 0.92 x one process with ``safe_open`` slices, at 0.51 x once loaded with
+plain reads; docs/benchmarks.md section 7).
 
 A folder streams when its safetensors files cover every backbone parameter under the
 model's own names (optionally with or without the base-model prefix, as transformers saves
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 
@@ -37,9 +37,15 @@ def weight_files(folder: Path) -> dict[str, Path] | None:
         weight_map = json.loads(index.read_text()).get("weight_map", {})
         return {key: folder / name for key, name in weight_map.items()}
     if single.is_file():
-        with safe_open(single, "pt") as f:
-            return {key: single for key in f.keys()}
+        return {key: single for key in _header(single)[1] if key != "__metadata__"}
     return None
+
+
+def _header(path: Path) -> tuple[int, dict]:
+    """A safetensors file's header size and its JSON (already checked whole by ``models.folder``)."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        return size, json.loads(fh.read(size))
 
 
 @contextlib.contextmanager
@@ -85,9 +91,7 @@ def _entries(paths: set[Path]) -> dict[str, _Entry]:
     resident memory holds the rows it keeps and not the file pages it went through."""
     out = {}
     for path in paths:
-        with open(path, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(size))
+        size, header = _header(path)
         for key, info in header.items():
             if key != "__metadata__" and info["dtype"] in _DTYPES:
                 out[key] = _Entry(path, _DTYPES[info["dtype"]], tuple(info["shape"]), 8 + size + info["data_offsets"][0])
@@ -100,7 +104,6 @@ class WeightSource:
 
     entries: dict[str, _Entry]
     keys: dict[int, str]  # id(parameter) -> tensor name in the files
-    bytes_read: int = 0
 
     @classmethod
     def of(cls, backbone: nn.Module, folder: Path) -> WeightSource | None:
@@ -143,7 +146,6 @@ class WeightSource:
             with open(entry.path, "rb", buffering=0) as fh:
                 fh.seek(entry.start + start * row_bytes)
                 fh.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()))
-        self.bytes_read += out.nbytes
         return out
 
     def rows(self, key: str, ids: torch.Tensor) -> torch.Tensor:
