@@ -6,8 +6,10 @@ Two gloo processes started with torch.multiprocessing (no Ray: the loading is th
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,8 +54,18 @@ def _worker(rank: int, cfg: dict, out: str, port: int) -> None:
         Path(out, f"reads-{rank}.json").write_text(json.dumps({"whole": reads, "sliced": sum(sliced)}))
         if rank == 0:
             Path(out, "record.json").write_text(json.dumps(record.to_dict()))
+        # leave together, with the FSDP state and its gloo work freed while the group lives:
+        # a rank that tore down alone once aborted in a C++ destructor ("terminate called
+        # without an active exception") after both had finished
+        del record
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # the work is done and written; skip interpreter finalization, where the process group's
+    # threads can still be joinable when static destructors run
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 def _stored_bytes(path: Path) -> int:
