@@ -7,7 +7,15 @@ to N GPUs is the same code under Ray Train. For each model and method it trains 
 steps on random token ids and records step time, tokens/s, peak memory, that the loss is
 finite and falls, and that the frozen weights are bit-identical afterwards.
 
-    python benchmarks/gpu_check.py --out benchmarks/results
+Before that, the sampled kernel alone (``--kernel-only``: just this): the values gradient of
+a discrete weight delta, ``(dY^T @ X)`` at k sorted entries, on BERT-base's weights and
+4,096 tokens, three ways -- the Triton kernel (``delta.sampled_triton``), the dense product
+gathered, and gathered columns (up to 0.5 %) -- at densities 0.05 % .. 5 %, fp32 and bf16,
+each checked against the dense product first; median of ``--reps`` calls, variants
+round-robin. ``--device cpu`` with ``TRITON_INTERPRET=1`` runs that part on the CPU through
+Triton's interpreter (a smoke run: its times mean nothing).
+
+    python benchmarks/gpu_check.py --out benchmarks/results [--kernel-only]
 """
 
 from __future__ import annotations
@@ -30,7 +38,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--kernel-only", action="store_true", help="only the sampled kernel's table")
+    p.add_argument("--reps", type=int, default=21, help="timed calls per kernel variant")
+    p.add_argument("--device", default="cuda", help="cuda; cpu only under TRITON_INTERPRET=1 (a smoke run)")
     args = p.parse_args()
+    kernel_table(Path(args.out), torch.device(args.device), args.reps)
+    if args.kernel_only:
+        return
     assert torch.cuda.is_available(), "needs a CUDA device"
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29511")
@@ -113,6 +127,86 @@ def main() -> None:
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     dist.destroy_process_group()
+
+
+KERNEL_SHAPES = [(768, 768), (3072, 768), (768, 3072)]  # BERT-base: attention, FFN up, FFN down (out x in)
+KERNEL_DENSITIES = [5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2]
+KERNEL_TOKENS = 4096  # batch 32 x 128
+
+
+def kernel_table(out: Path, device: torch.device, reps: int) -> list[dict]:
+    """The Triton sampled kernel against the dense product and the gathers, alone."""
+    from apet_ray.delta import functional, sampled_triton
+    from apet_ray.delta.masks import discrete
+
+    if not sampled_triton.available(device.type):
+        print(f"the Triton sampled kernel cannot run on {device} here (Triton missing, no GPU, or "
+              "--device cpu without TRITON_INTERPRET=1): no kernel table", flush=True)
+        return []
+    interpreted = device.type == "cpu"
+    shapes, densities = (KERNEL_SHAPES[:1], KERNEL_DENSITIES[:2]) if interpreted else (KERNEL_SHAPES, KERNEL_DENSITIES)
+    tokens = 256 if interpreted else KERNEL_TOKENS
+
+    def clock(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    rows = []
+    for out_f, in_f in shapes:
+        gen = torch.Generator().manual_seed(0)
+        g32, x32 = torch.randn(tokens, out_f, generator=gen).to(device), torch.randn(tokens, in_f, generator=gen).to(device)
+        for dname, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            g, x = g32.to(dtype), x32.to(dtype)
+            for density in densities:
+                k = max(1, round(density * out_f * in_f))
+                indices = discrete((out_f, in_f), k, torch.Generator().manual_seed(1)).to(device)
+                r = torch.div(indices, in_f, rounding_mode="floor")
+                c = indices - r * in_f
+                fns = {"triton": lambda: sampled_triton.sampled_dots(g, x, indices),
+                       "dense": lambda: g.t().mm(x).view(-1)[indices]}
+                if density <= 5e-3:
+                    fns["gather"] = lambda: functional._gathered_dots(g, x, r, c)
+                exact = (g.double().t() @ x.double()).view(-1)[indices]
+                scale = max(float(exact.abs().max()), 1e-30)
+                for name, fn in fns.items():  # the dense bf16 product rounds its output to bf16
+                    err = float((fn().double() - exact).abs().max())
+                    assert err <= (1e-4 if dtype == torch.float32 else 3e-2) * scale, f"{name}: off by {err:.3g}"
+                times = {name: [] for name in fns}
+                for rep in range(reps + 3):  # 3 warm-up rounds, then round-robin
+                    names = list(fns)[rep % len(fns):] + list(fns)[:rep % len(fns)]
+                    for name in names:
+                        t = clock(fns[name])
+                        if rep >= 3:
+                            times[name].append(t)
+                medians = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+                for name, ms in medians.items():
+                    rows.append({"out_features": out_f, "in_features": in_f, "dtype": dname, "density": density, "k": k,
+                                 "variant": name, "median_ms": ms, "x_triton": ms / medians["triton"]})
+                print(f"  {out_f}x{in_f} {dname} {density * 100:g}%: "
+                      + ", ".join(f"{n} {ms:.3f} ms" for n, ms in medians.items()), flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, Triton's interpreter (not a timing)"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "gpu_sampled_kernel" if device.type == "cuda" else "gpu_sampled_kernel_interpreted"
+    (out / f"{stem}.json").write_text(json.dumps({"device": name, "torch": torch.__version__, "tokens": tokens,
+                                                  "reps": reps, "rows": rows}, indent=2))
+    lines = [f"# The sampled kernel on {name} (torch {torch.__version__})", "",
+             f"(dY^T @ X) at k sorted entries, {tokens} tokens; median of {reps} calls; x triton = median / the "
+             "Triton kernel's", "", "| weight | dtype | density | k | triton ms | dense ms (x) | gather ms (x) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key in dict.fromkeys((r["out_features"], r["in_features"], r["dtype"], r["density"]) for r in rows):
+        group = {r["variant"]: r for r in rows if (r["out_features"], r["in_features"], r["dtype"], r["density"]) == key}
+        gather = group.get("gather")
+        lines.append(f"| {key[0]}x{key[1]} | {key[2]} | {key[3] * 100:g} % | {group['triton']['k']:,} | "
+                     f"{group['triton']['median_ms']:.3f} | {group['dense']['median_ms']:.3f} ({group['dense']['x_triton']:.2f}) | "
+                     + (f"{gather['median_ms']:.3f} ({gather['x_triton']:.2f})" if gather else "-") + " |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    return rows
 
 
 def _bert(config):

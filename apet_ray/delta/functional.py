@@ -13,7 +13,8 @@ layer until backward) and computes the values gradient only where the mask is:
             compiled kernel of ``sampled_kernel`` (``csrc/sampled_grad.cpp``, built on first
             use) up to 10 % density (3 % in bf16); where it cannot be built, or on another
             device, gathered columns for a few entries, ``torch.sparse.sampled_addmm`` for
-            more, or the full ``g^T @ x`` gathered at the indices -- see ``values_grad_path``
+            more, or the full ``g^T @ x`` gathered at the indices -- see ``values_grad_path``;
+            on a GPU by the Triton kernel of ``sampled_triton`` where the gathers would run
 
 Gradients are computed in the incoming gradient's dtype (bf16 under autocast or FSDP2
 mixed precision) and returned in each input's own dtype. ``W`` and ``b`` are frozen in
@@ -29,7 +30,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from apet_ray.delta import sampled_kernel
+from apet_ray.delta import sampled_kernel, sampled_triton
 
 # How a discrete mask's values gradient is formed (``values_grad_path``), as measured on
 # this project's CPU (2 cores, AVX-512 + AMX; 4,096 tokens; MiniLM's 384x384 and 384x1536
@@ -60,7 +61,10 @@ from apet_ray.delta import sampled_kernel
 #           on the 2 cores, minimum of 7: two-thread figures were noise; it splits the tokens
 #           over the threads, as the dense product does.) Where it cannot build, the rules
 #           above apply as they were measured.
-# On CUDA nothing is measured yet and the first rule stays: gather up to 0.2 %, else full.
+# On CUDA nothing is measured yet and the first rule stays: up to 0.2 % the entries' own dot
+# products, by the Triton kernel (sampled_triton.py) where Triton imports -- it reads the
+# same operands as the gathers without materialising a (tokens x k) block -- else by the
+# gathers; above 0.2 % the dense product on the GPU's matrix units.
 KERNEL_MAX_DENSITY = 0.10
 KERNEL_MAX_DENSITY_LOW_PRECISION = 0.03  # bf16 / fp16 gradients
 GATHER_MAX_DENSITY = 2e-3
@@ -73,13 +77,16 @@ _SAMPLED_CHUNK_ELEMENTS = 1 << 22
 
 def values_grad_path(k: int, numel: int, dtype: torch.dtype, device_type: str, threads: int | None = None,
                      kernel: bool = False) -> str:
-    """"kernel", "gather", "sddmm" or "full": how backward forms the gradient of k scattered
+    """"kernel", "triton", "gather", "sddmm" or "full": how backward forms the gradient of k scattered
     values of a weight of ``numel`` entries, from gradients in ``dtype`` on ``device_type``,
     with ``threads`` intra-op threads (default: torch's setting). ``kernel``: the indices
-    allow the compiled kernel (sorted, no graph of the gradient wanted); whether it is built
+    allow a sampled kernel (sorted, no graph of the gradient wanted); whether it is built
     is asked -- and on the first ask, built -- only where it would be chosen."""
     if device_type != "cpu":
-        return "gather" if k <= CUDA_GATHER_MAX_DENSITY * numel else "full"
+        if k > CUDA_GATHER_MAX_DENSITY * numel:
+            return "full"
+        fp64 = dtype == torch.float64  # the Triton kernel sums in fp32
+        return "triton" if kernel and not fp64 and sampled_triton.available(device_type) else "gather"
     low_precision = dtype not in (torch.float32, torch.float64)
     kernel_max = KERNEL_MAX_DENSITY_LOW_PRECISION if low_precision else KERNEL_MAX_DENSITY
     if kernel and k <= kernel_max * numel and sampled_kernel.available():
@@ -197,8 +204,8 @@ class MaskedAddLinear(torch.autograd.Function):
             k = values.numel()
             # the kernel walks the mask in CSR order, and its output has no graph for a
             # double backward (create_graph=True) to follow
-            kernel = (need_v and not need_w and run_start is None and device_type == "cpu"
-                      and not torch.is_grad_enabled() and _sorted(indices))
+            kernel = (need_v and not need_w and run_start is None and not torch.is_grad_enabled()
+                      and _sorted(indices))
             # positional: tests replace values_grad_path with a lambda *_
             path = "adjacent" if run_start is not None else values_grad_path(k, weight.numel(), dtype, device_type,
                                                                               None, kernel)
@@ -218,6 +225,8 @@ class MaskedAddLinear(torch.autograd.Function):
                     gv = block.view(-1)[offset:offset + k]
                 elif path == "kernel" and kernel and sampled_kernel.available():
                     gv = sampled_kernel.sampled_dots(g2, x2, indices)  # fp32 for bf16 gradients
+                elif path == "triton" and kernel:
+                    gv = sampled_triton.sampled_dots(g2, x2, indices)
                 else:  # discrete: k dot products over the tokens
                     rows = torch.div(indices, in_f, rounding_mode="floor")
                     cols = indices - rows * in_f

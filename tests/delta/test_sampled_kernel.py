@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apet_ray.delta import functional, sampled_kernel
+from apet_ray.delta import functional, sampled_kernel, sampled_triton
 from apet_ray.delta.functional import masked_add_linear
 from apet_ray.delta.masks import discrete
 
@@ -252,7 +252,7 @@ def test_not_above_the_density_cutoff_nor_for_a_gradient_graph_or_unsorted_indic
     assert path(int(functional.KERNEL_MAX_DENSITY_LOW_PRECISION * n), n, torch.bfloat16, "cpu", 2, True) == "kernel"
     assert path(int(functional.KERNEL_MAX_DENSITY_LOW_PRECISION * n) + 1, n, torch.bfloat16, "cpu", 2, True) == "full"
     assert path(100, n, torch.float32, "cpu", 2, False) == "gather"  # as measured without it
-    assert path(100, n, torch.float32, "cuda", 2, True) == "gather"
+    assert path(100, n, torch.float32, "cuda", 2, True) == ("triton" if sampled_triton.available("cuda") else "gather")
 
     shape = (12, 10)
     indices = mask(shape, 5e-2)
