@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import torch
 
@@ -40,7 +41,11 @@ def _kernel():
         import triton
         import triton.language as tl
     except ImportError:
+        print("apet-ray: sparse weight delta gradients on the GPU use PyTorch's gathers: Triton is not installed "
+              "(pip install triton)", file=sys.stderr, flush=True)
         return None
+    print(f"apet-ray: sparse weight delta gradients on the GPU use the Triton sampled kernel (Triton {triton.__version__}"
+          f"{', interpreted' if interpreted() else ''})", file=sys.stderr, flush=True)
 
     @triton.jit
     def sampled_dots_kernel(gt_ptr, xt_ptr, rows_ptr, cols_ptr, out_ptr, k, tokens,
