@@ -138,6 +138,7 @@ def kernel_table(out: Path, device: torch.device, reps: int) -> list[dict]:
     """The Triton sampled kernel against the dense product and the gathers, alone."""
     from apet_ray.delta import functional, sampled_triton
     from apet_ray.delta.masks import discrete
+    from sampled_kernel import check, time_group  # the CPU kernel's benchmark, beside this one
 
     if not sampled_triton.available(device.type):
         print(f"the Triton sampled kernel cannot run on {device} here (Triton missing, no GPU, or "
@@ -147,14 +148,10 @@ def kernel_table(out: Path, device: torch.device, reps: int) -> list[dict]:
     shapes, densities = (KERNEL_SHAPES[:1], KERNEL_DENSITIES[:2]) if interpreted else (KERNEL_SHAPES, KERNEL_DENSITIES)
     tokens = 256 if interpreted else KERNEL_TOKENS
 
-    def clock(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+    def synced(fn):  # a GPU call is timed to its end, as the CPU benchmark's calls are
+        if device.type != "cuda":
+            return fn
+        return lambda: (torch.cuda.synchronize(), fn(), torch.cuda.synchronize())[1]
 
     rows = []
     for out_f, in_f in shapes:
@@ -171,18 +168,8 @@ def kernel_table(out: Path, device: torch.device, reps: int) -> list[dict]:
                        "dense": lambda: g.t().mm(x).view(-1)[indices]}
                 if density <= 5e-3:
                     fns["gather"] = lambda: functional._gathered_dots(g, x, r, c)
-                exact = (g.double().t() @ x.double()).view(-1)[indices]
-                scale = max(float(exact.abs().max()), 1e-30)
-                for name, fn in fns.items():  # the dense bf16 product rounds its output to bf16
-                    err = float((fn().double() - exact).abs().max())
-                    assert err <= (1e-4 if dtype == torch.float32 else 3e-2) * scale, f"{name}: off by {err:.3g}"
-                times = {name: [] for name in fns}
-                for rep in range(reps + 3):  # 3 warm-up rounds, then round-robin
-                    names = list(fns)[rep % len(fns):] + list(fns)[:rep % len(fns)]
-                    for name in names:
-                        t = clock(fns[name])
-                        if rep >= 3:
-                            times[name].append(t)
+                check(fns, dtype)  # every variant == the dense product, within the operands' precision
+                times = time_group({name: synced(fn) for name, fn in fns.items()}, reps, warmup=3)
                 medians = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
                 for name, ms in medians.items():
                     rows.append({"out_features": out_f, "in_features": in_f, "dtype": dname, "density": density, "k": k,
