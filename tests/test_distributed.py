@@ -24,10 +24,11 @@ pytestmark = pytest.mark.timeout(300)
 DATA = str(Path(__file__).parent / "fixtures" / "data")
 
 
-def _config(model: Path, method: str) -> TrainConfig:
+def _config(model: Path, method: str, recompute: bool = False) -> TrainConfig:
     spec = DeltaSpec.pet(method) if method != "apet" else DeltaSpec.apet("concat", "adjacent", match="lora", seed=1)
     return TrainConfig(model=str(model), task="sst2", data_dir=DATA, batch_size=8, max_steps=6, eval_every=3,
-                       eval_limit=16, spec=spec, strategy="fsdp", precision="fp32", verify_frozen=True)
+                       eval_limit=16, spec=spec, strategy="fsdp", precision="fp32", verify_frozen=True,
+                       activation_checkpointing=recompute)
 
 
 def _worker(rank: int, cfg: dict, out: str, port: int) -> None:
@@ -83,11 +84,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind,method", [("bert", "lora"), ("bert", "apet"), ("t5", "prompt"), ("t5", "bitfit"),
-                                         ("llama", "lora"), ("llama", "prompt"), ("gpt2", "lora")])
-def test_each_rank_holds_only_its_shard_and_the_run_matches_one_process(tmp_path, kind, method):
-    cfg = _config(saved_model(kind, tmp_path / "model"), method)
-    reference = train(TrainConfig(**{**cfg.__dict__, "strategy": "none"}), lambda metrics, folder: None)
+@pytest.mark.parametrize("kind,method,recompute", [
+    ("bert", "lora", False), ("bert", "apet", False), ("t5", "prompt", False), ("t5", "bitfit", False),
+    ("llama", "lora", False), ("llama", "prompt", False), ("gpt2", "lora", False),
+    ("t5", "lora", True)])  # FSDP2 gathers a block once for its recompute and its backward
+def test_each_rank_holds_only_its_shard_and_the_run_matches_one_process(tmp_path, kind, method, recompute):
+    cfg = _config(saved_model(kind, tmp_path / "model"), method, recompute)
+    # against one process that keeps its activations
+    reference = train(TrainConfig(**{**cfg.__dict__, "strategy": "none", "activation_checkpointing": False}),
+                      lambda metrics, folder: None)
     mp.spawn(_worker, args=(cfg.to_dict(), str(tmp_path), _free_port()), nprocs=2, join=True)
     record = RunRecord.from_dict(json.loads((tmp_path / "record.json").read_text()))
     reads = [json.loads((tmp_path / f"reads-{rank}.json").read_text()) for rank in (0, 1)]
@@ -123,3 +128,21 @@ def test_a_bf16_fsdp_run_shards_bf16_frozen_weights(tmp_path):
     assert max(record.frozen_mb_per_rank) < 0.28 * fp32.frozen_mb_per_rank[0]
     # FSDP computes every matmul in bf16 as autocast does, but also its norms: close, not equal
     assert [h["loss"] for h in record.history] == pytest.approx([h["loss"] for h in one.history], rel=2e-2)
+
+
+def test_the_tables_outside_the_blocks_are_units_of_their_own_a_tied_table_one_unit():
+    from apet_ray.delta.architectures import blocks, family_of
+    from apet_ray.delta.attach import attach
+    from apet_ray.distributed import _tables_outside_blocks
+    from apet_ray.models import build_model
+
+    def units(name: str, method: str) -> list[list[str]]:
+        model, _ = build_model(name, num_labels=2, device="meta")
+        attach(model, DeltaSpec.pet(method))
+        stacked = [block for _, _, block in blocks(model.backbone, family_of(model.backbone))]
+        return [paths for paths, _ in _tables_outside_blocks(model.backbone, stacked)]
+
+    # T5 ties one table to its three embeddings and its head: one unit, gathered for all four
+    assert units("tiny-t5", "lora") == [["shared", "encoder.embed_tokens", "decoder.embed_tokens", "lm_head"]]
+    assert units("tiny-llama", "lora") == [["model.embed_tokens"], ["lm_head"]]  # untied: two
+    assert units("tiny-llama", "ft") == []  # tables that train stay with the root

@@ -159,11 +159,13 @@ def _streamed(config: PretrainedConfig, info: ModelInfo, where: Path, num_labels
         if info.kind == Kind.BERT:
             backbone = AutoModel.from_config(config, **_without_pooler(config))
         elif info.kind == Kind.T5:
-            backbone = _untie_head(T5ForConditionalGeneration(config), where)
+            backbone = T5ForConditionalGeneration(config)
         else:
             backbone = AutoModelForCausalLM.from_config(config)
     if getattr(backbone.config, "tie_word_embeddings", False) and hasattr(backbone, "tie_weights"):
         backbone.tie_weights()
+    if info.kind == Kind.T5:  # after tying: transformers 5's T5 config says tied even for t5-v1_1
+        backbone = _untie_head(backbone, where)
     source = WeightSource.of(backbone, Path(where))
     if source is None:
         return None

@@ -17,6 +17,7 @@ from apet_ray.delta.ops import PromptTokens
 from apet_ray.errors import UserError
 from apet_ray.models import DEFAULT_MODEL, build_model, check_run_tokenizer
 from apet_ray.paths import check_input
+from apet_ray.run.memory import recompute_activations
 from apet_ray.tasks import Task, custom_task, get_task, load_examples
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -53,6 +54,7 @@ class TrainConfig:
     transfer_tasks: tuple[str, ...] = ()  # after training, zero-shot eval on these (unified labels)
     labels: str = "task"  # train on the task's own labels, or on the unified set (E5: the release's "number" mapping)
     verify_frozen: bool = False  # checksum the frozen weights before and after (costs a pass over them)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more compute
 
     def with_absolute_paths(self) -> "TrainConfig":
         """Ray workers run in another directory: local paths must not be relative."""
@@ -180,6 +182,8 @@ def check_config(cfg: TrainConfig) -> RunPlan:
     if cfg.batch_size // max(cfg.workers, 1) < cfg.grad_accum:
         raise UserError(f"a batch of {cfg.batch_size} over {max(cfg.workers, 1)} worker(s) cannot be cut into "
                         f"{cfg.grad_accum} micro-batches")
+    if not isinstance(cfg.activation_checkpointing, bool):
+        raise UserError(f"activation_checkpointing must be true or false, not {cfg.activation_checkpointing!r}")
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {cfg.strategy!r} (known: {', '.join(STRATEGIES)})")
     if cfg.strategy in ("ddp", "fsdp") and cfg.workers == 0:
@@ -210,6 +214,8 @@ def check_config(cfg: TrainConfig) -> RunPlan:
     model, info = build_model(cfg.model, num_labels=task.num_labels if task.is_classification else None, device="meta")
     check_task_fits_kind(task, info.kind)
     attach(model, cfg.spec)  # plans the budget on the meta device: refuses what cannot fit
+    if cfg.activation_checkpointing:
+        recompute_activations(model)  # refuses a model whose blocks transformers cannot recompute
     check_positions(model, info.kind, cfg.max_input_len or task.max_input_len, task)
     check_run_tokenizer(cfg.model)
     for split in ("train", "eval"):

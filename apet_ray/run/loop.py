@@ -29,7 +29,7 @@ from apet_ray.models import build_model, load_tokenizer
 from apet_ray.run.checkpoint import Restored, save_checkpoint
 from apet_ray.run.config import TrainConfig, check_task_fits_kind
 from apet_ray.run.evaluate import evaluate, evaluate_transfer
-from apet_ray.run.memory import peak_memory_mb, reset_peak_memory
+from apet_ray.run.memory import peak_memory_mb, recompute_activations, reset_peak_memory, return_free_heap_to_the_os
 from apet_ray.run.provenance import device_name, versions
 from apet_ray.run.record import RunRecord
 from apet_ray.tasks import load_examples
@@ -89,6 +89,8 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     record.device, record.precision, record.versions = device_name(device), "bf16" if bf16 else "fp32", versions()
     if bf16:
         store_frozen_in_bf16(model)
+    if cfg.activation_checkpointing:
+        recompute_activations(model)
     model = wrap(model, strategy, device, bf16)
     autocast = bf16 and strategy != "fsdp"  # FSDP's mixed-precision policy casts by itself
     named = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
@@ -125,6 +127,8 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
         _set_lr(optimizer, cfg.schedule, step, cfg.max_steps)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if strategy == "fsdp" and device.type == "cpu":  # where the next step gathers on top of it
+            return_free_heap_to_the_os()
         losses.append(loss)
 
         done = step + 1
@@ -172,7 +176,8 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
 
 
 # what a resume may change: where and how long it runs, not what it trains
-RESUMABLE_CHANGES = {"workers", "strategy", "max_steps", "eval_every", "verify_frozen", "transfer_tasks"}
+RESUMABLE_CHANGES = {"workers", "strategy", "max_steps", "eval_every", "verify_frozen", "transfer_tasks",
+                     "activation_checkpointing"}
 
 
 def _check_resumable(saved: dict, cfg: TrainConfig) -> None:

@@ -1,6 +1,7 @@
-"""Peak memory of this run: CUDA's allocator peak on a GPU, the peak RSS (VmHWM) on a CPU.
+"""A run's memory: what it measures (CUDA's allocator peak on a GPU, the peak RSS on a CPU)
+and what it can trade for it (recomputing activations, returning freed heap to the OS).
 
-Both are reset when a run starts, because a reused Tune trial process runs several runs and
+Peaks are reset when a run starts, because a reused Tune trial process runs several runs and
 would otherwise report the largest of them all.
 """
 
@@ -10,6 +11,9 @@ import resource
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from apet_ray.errors import UserError
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -33,3 +37,41 @@ def peak_memory_mb(device: torch.device) -> float:
     except (OSError, ValueError, IndexError):
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def recompute_activations(model: nn.Module) -> None:
+    """Keep only each transformer block's input for backward and recompute the rest there.
+
+    Activation memory falls from every block's to about one block's, for about a third more
+    compute; the numbers do not change (the recompute replays the forward's random state, so
+    dropout draws the same masks). transformers checkpoints a block's ``forward``, inside its
+    module hooks, so FSDP2 gathers the block once for the recompute and the backward together.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from apet_ray.delta.architectures import blocks, family_of
+    from apet_ray.delta.plan import backbone_of
+
+    backbone, _ = backbone_of(model)
+    stacked = [block for _, _, block in blocks(backbone, family_of(backbone))]
+    plain = sorted({type(b).__name__ for b in stacked if not isinstance(b, GradientCheckpointingLayer)})
+    if plain or not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise UserError(f"activation checkpointing needs blocks that transformers can recompute; "
+                        f"{type(backbone).__name__}'s {', '.join(plain) or 'blocks'} cannot")
+    backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    backbone.config.use_cache = False  # training keeps no cache (the recompute would refill it)
+
+
+def return_free_heap_to_the_os() -> None:
+    """Give the pages of freed heap memory back (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A step frees its activations, but glibc keeps their pages for reuse, so between steps a CPU
+    worker holds its last step's whole working set, and what the next step gathers comes on
+    top of it. Called once per update on a CPU, where it costs a few milliseconds.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -34,6 +34,8 @@ RUN_OPTIONS = (
     Option("batch_size", int, "global batch size, split over the workers"),
     Option("grad_accum", int, "gradient accumulation: each worker's share of the batch in this many micro-batches "
            "and one update (the same step as the whole batch, a fraction of the activation memory)"),
+    Option("activation_checkpointing", bool, "keep only each block's input for backward and recompute the rest "
+           "there: activation memory of about one block, about a third more compute, the same numbers"),
     Option("lr", float, "learning rate", when_unset="the paper's, 3e-4; 5e-5 on RTE"),
     Option("prompt_lr", float, "soft-prompt learning rate", when_unset="the paper's, 3e-2; 5e-5 on RTE"),
     Option("weight_decay", float, "AdamW weight decay of the trainable deltas (the paper's release: 0)"),
@@ -77,8 +79,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: dict | None = N
         # choices are shown, not enforced here: check_config refuses a bad value from a flag
         # and from a YAML file alike, in one line
         known = f": {', '.join(option.choices)}" if option.choices else ""
-        group.add_argument(option.flag, dest=option.field, type=option.type, default=default,
-                           help=f"{option.help}{known} (default: {shown})")
+        how = {"action": argparse.BooleanOptionalAction} if option.type is bool else {"type": option.type}
+        group.add_argument(option.flag, dest=option.field, default=default, help=f"{option.help}{known} (default: {shown})",
+                           **how)
     group.add_argument("--address", default=defaults.get("address"),
                        help="Ray cluster address, e.g. auto or ray://head:10001 (default: start Ray on this machine)")
 

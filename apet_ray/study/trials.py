@@ -40,7 +40,7 @@ def trial_id(cfg: TrainConfig, study: str) -> str:
 # Config fields added after results were first written, at the value that behaves as before
 # their time: a config that leaves them there digests as it always did, so a results folder
 # of an earlier version still resumes.
-ADDED_LATER = {"schedule": "constant", "labels": "task", "grad_accum": 1}
+ADDED_LATER = {"schedule": "constant", "labels": "task", "grad_accum": 1, "activation_checkpointing": False}
 
 
 def _as_first_recorded(cfg: TrainConfig) -> dict:

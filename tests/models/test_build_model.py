@@ -17,9 +17,12 @@ def test_an_untied_t5_counts_alike_from_its_config_and_from_its_weights(tmp_path
 
     counted, _ = build_model(str(tmp_path), device="meta")
     loaded, _ = build_model(str(tmp_path))
+    streamed, _ = build_model(str(tmp_path), device="stream")  # how an FSDP rank builds it: on meta, then read
     # the file holds each table once: shared, the head and the rest
-    assert count_backbone(counted) == count_backbone(loaded) == sum(w.numel() for w in weights.values())
+    assert (count_backbone(counted) == count_backbone(loaded) == count_backbone(streamed)
+            == sum(w.numel() for w in weights.values()))
     assert torch.equal(loaded.backbone.lm_head.weight, weights["lm_head.weight"])
+    assert hasattr(streamed, "apet_weights") and streamed.backbone.lm_head.weight is not streamed.backbone.shared.weight
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["t5", "v1_1-config-saved-by-transformers-5"])

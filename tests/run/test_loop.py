@@ -296,3 +296,13 @@ def test_length_buckets_pad_less_and_take_the_same_step(kind):
     assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
     for name, g in grads[0][1].items():
         torch.testing.assert_close(grads[1][1][name], g, atol=1e-6, rtol=1e-5)
+
+
+def test_recomputed_activations_take_the_same_steps_in_the_loop():
+    # dropout on (MiniLM-sized presets train without it; bert's classifier head keeps 0.1)
+    runs = [train(tiny(activation_checkpointing=on, max_steps=4, eval_every=4, precision="fp32"), report=lambda m, f: None)
+            for on in (False, True)]
+    assert [h["loss"] for h in runs[1].history] == pytest.approx([h["loss"] for h in runs[0].history], abs=1e-6)
+    assert runs[1].final_score == runs[0].final_score
+    with pytest.raises(UserError, match="activation_checkpointing must be true or false"):
+        check_config(tiny(activation_checkpointing="yes"))
