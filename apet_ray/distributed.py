@@ -113,7 +113,7 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, bf16: bool) -> n
 
     _check_same_model_on_every_rank(model)
     if device.type == "cpu":
-        _return_large_frees_to_the_os()
+        return_large_frees_to_the_os()
     source = getattr(model, "apet_weights", None)
     files = source.names(model) if source is not None else {}  # by name: sharding swaps the parameters
     # the real tensors by name (rank 0's all, or every rank's own deltas, head and buffers
@@ -129,7 +129,10 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, bf16: bool) -> n
         fully_shard(block, mesh=mesh, mp_policy=policy)
         load(block, f"{prefix}{path}.")
     for paths, tables in _tables_outside_blocks(backbone, [block for _, _, block in stacked]):
-        fully_shard(tables if len(tables) > 1 else tables[0], mesh=mesh, mp_policy=policy)
+        # a head runs last in forward and first in backward: kept gathered in between, not
+        # gathered twice at the moment every activation is alive
+        head = any(isinstance(t, nn.Linear) for t in tables)
+        fully_shard(tables if len(tables) > 1 else tables[0], mesh=mesh, mp_policy=policy, reshard_after_forward=not head)
         for path, table in zip(paths, tables):
             load(table, f"{prefix}{path}.")
     fully_shard(model, mesh=mesh, mp_policy=policy)
@@ -241,11 +244,13 @@ class _Loader:
         return full
 
 
-def _return_large_frees_to_the_os() -> None:
+def return_large_frees_to_the_os() -> None:
     """glibc keeps freed heap memory for reuse; FSDP's per-block gathers of varied sizes then
     ratchet a CPU worker's resident memory up to about the full model (measured: 4.6 GB for
     a 2.9 GB model's half-shard). Serving allocations of 1 MiB or more by mmap returns them on
-    free (rank 1's peak fell to 2.9 GB). No-op off glibc."""
+    free (rank 1's peak fell to 2.9 GB). Fixing the threshold also stops glibc raising it
+    (up to 32 MiB) after the first large free, which put one rank's shards in a fragmented
+    heap and the other's in mmap: a run calls this before it builds the model. No-op off glibc."""
     import ctypes
 
     try:

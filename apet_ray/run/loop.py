@@ -22,8 +22,8 @@ from apet_ray.data import collate, encode, global_batch, shard
 from apet_ray.delta import attach, count_backbone, count_deltas, count_trainable
 from apet_ray.delta.architectures import Kind
 from apet_ray.distributed import (all_gather_floats, all_reduce_sum, frozen_checksum, local_bytes, local_device,
-                                  rank_and_world, resolve_strategy, store_frozen_in_bf16, unwrap, use_bf16,
-                                  wrap)
+                                  rank_and_world, resolve_strategy, return_large_frees_to_the_os, store_frozen_in_bf16,
+                                  unwrap, use_bf16, wrap)
 from apet_ray.errors import UserError
 from apet_ray.models import build_model, load_tokenizer
 from apet_ray.run.checkpoint import Restored, save_checkpoint
@@ -51,6 +51,8 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     task = cfg.training_task()
     num_labels = task.num_labels if task.is_classification else None
     strategy = _strategy(cfg, world, device, num_labels)
+    if strategy == "fsdp" and device.type == "cpu":  # before the build's first large allocations
+        return_large_frees_to_the_os()
     # FSDP loads sharded (distributed.wrap): from a safetensors folder every rank reads its
     # own slices (a streamed build); else rank 0 alone reads the weights, the other ranks
     # build on the meta device and receive their shards from it
