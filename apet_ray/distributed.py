@@ -1,7 +1,7 @@
 """Strategies: one process, DDP, or FSDP2 with the frozen backbone sharded.
 
-FSDP2 (``fully_shard``) goes on every transformer block, on each large table outside the
-blocks (token embeddings, an untied LM head), then on the root, so each block's and table's
+FSDP2 (``fully_shard``) goes on every transformer block, on each large frozen table outside
+the blocks (token embeddings, an LM head), then on the root, so each block's and table's
 frozen weights are gathered only while it runs; the deltas inside a unit are sharded with it
 and are the only tensors that get gradients and optimizer state.
 """
@@ -149,10 +149,11 @@ def _tables_outside_blocks(backbone: nn.Module, in_blocks: list[nn.Module]) -> l
     (paths, modules) per unit, the modules that share a table (a tied head) grouped in one.
 
     Left to the root they would stay gathered from the first forward to the end of backward
-    (FSDP2 keeps the root unsharded in between): for T5-large the 131 MB embedding table and
-    the 131 MB head, a tenth of a 2-rank CPU worker's peak. As units they are gathered while
-    they run and let go of before the backward of the blocks. Tables that train (a delta in
-    one) stay in the root, where FSDP2 reduces their gradients once.
+    (FSDP2 keeps the root unsharded in between); as units they are gathered while they run.
+    That matters where tables are large next to the activations (a 128K-word vocabulary's
+    1 GB embedding and head in bf16); on the 2-rank CPU run of t5-v1_1-large it changed the
+    peak by less than the noise (docs/benchmarks.md §7). Tables that train (a delta in one)
+    stay in the root, where FSDP2 reduces their gradients once.
     """
     inside = {id(m) for block in in_blocks for m in block.modules()}
     big = max((sum(p.numel() for p in block.parameters()) for block in in_blocks), default=0) // 4
@@ -255,6 +256,21 @@ def return_large_frees_to_the_os() -> None:
 
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def return_free_heap_to_the_os() -> None:
+    """Give the pages of freed heap memory back (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A step frees its activations, but glibc keeps their pages for reuse, so between steps a CPU
+    worker holds its last step's whole working set, and what the next step gathers comes on
+    top of it. A CPU FSDP worker calls it once per update; it costs a few milliseconds.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
 

@@ -22,14 +22,14 @@ from apet_ray.data import collate, encode, global_batch, shard
 from apet_ray.delta import attach, count_backbone, count_deltas, count_trainable
 from apet_ray.delta.architectures import Kind
 from apet_ray.distributed import (all_gather_floats, all_reduce_sum, frozen_checksum, local_bytes, local_device,
-                                  rank_and_world, resolve_strategy, return_large_frees_to_the_os, store_frozen_in_bf16,
-                                  unwrap, use_bf16, wrap)
+                                  rank_and_world, resolve_strategy, return_free_heap_to_the_os,
+                                  return_large_frees_to_the_os, store_frozen_in_bf16, unwrap, use_bf16, wrap)
 from apet_ray.errors import UserError
 from apet_ray.models import build_model, load_tokenizer
 from apet_ray.run.checkpoint import Restored, save_checkpoint
 from apet_ray.run.config import TrainConfig, check_task_fits_kind
 from apet_ray.run.evaluate import evaluate, evaluate_transfer
-from apet_ray.run.memory import peak_memory_mb, recompute_activations, reset_peak_memory, return_free_heap_to_the_os
+from apet_ray.run.memory import peak_memory_mb, recompute_activations, reset_peak_memory
 from apet_ray.run.provenance import device_name, versions
 from apet_ray.run.record import RunRecord
 from apet_ray.tasks import load_examples

@@ -1,5 +1,6 @@
 """A run's memory: what it measures (CUDA's allocator peak on a GPU, the peak RSS on a CPU)
-and what it can trade for it (recomputing activations, returning freed heap to the OS).
+and what it can trade for it (recomputing activations; a CPU FSDP worker's heap is
+``distributed``'s).
 
 Peaks are reset when a run starts, because a reused Tune trial process runs several runs and
 would otherwise report the largest of them all.
@@ -60,18 +61,3 @@ def recompute_activations(model: nn.Module) -> None:
                         f"{type(backbone).__name__}'s {', '.join(plain) or 'blocks'} cannot")
     backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     backbone.config.use_cache = False  # training keeps no cache (the recompute would refill it)
-
-
-def return_free_heap_to_the_os() -> None:
-    """Give the pages of freed heap memory back (glibc ``malloc_trim``; a no-op elsewhere).
-
-    A step frees its activations, but glibc keeps their pages for reuse, so between steps a CPU
-    worker holds its last step's whole working set, and what the next step gathers comes on
-    top of it. Called once per update on a CPU, where it costs a few milliseconds.
-    """
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
