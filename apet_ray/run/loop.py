@@ -51,7 +51,8 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
     task = cfg.training_task()
     num_labels = task.num_labels if task.is_classification else None
     strategy = _strategy(cfg, world, device, num_labels)
-    if strategy == "fsdp" and device.type == "cpu":  # before the build's first large allocations
+    cpu_fsdp = strategy == "fsdp" and device.type == "cpu"  # a worker whose heap glibc keeps
+    if cpu_fsdp:  # before the build's first large allocations
         return_large_frees_to_the_os()
     # FSDP loads sharded (distributed.wrap): from a safetensors folder every rank reads its
     # own slices (a streamed build); else rank 0 alone reads the weights, the other ranks
@@ -129,7 +130,7 @@ def train(cfg: TrainConfig, report: Report, restored: Restored | None = None) ->
         _set_lr(optimizer, cfg.schedule, step, cfg.max_steps)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if strategy == "fsdp" and device.type == "cpu":  # where the next step gathers on top of it
+        if cpu_fsdp:  # the next step's gathers would come on top of this one's freed pages
             return_free_heap_to_the_os()
         losses.append(loss)
 
