@@ -141,8 +141,11 @@ def test_losing_a_worker_node_mid_trial_costs_only_that_trials_steps_since_its_c
     args = ("--max-steps", "400", "--eval-every", "100")
     submit(cluster, results, "apet-node-loss", *args, wait=False)
     deadline, victim = time.time() + 400, None
-    while time.time() < deadline and victim is None:  # a Train worker past its first checkpoint
-        if list((results / "ray" / "train").glob("*/checkpoint_*")):
+    # A Train worker past its first checkpoint as Ray knows it: the checkpoint folder appears
+    # while the worker uploads, before the controller registers it; a node lost in between
+    # restarts from step 0 (rightly). The controller's snapshot is written after registering.
+    while time.time() < deadline and victim is None:
+        if list((results / "ray" / "train").glob("*/checkpoint_manager_snapshot.json")):
             victim = cluster.node_of("RayTrainWorker")
         time.sleep(0.2)
     assert victim, "no Train worker was found mid-trial"
