@@ -1,8 +1,9 @@
 """Strategies: one process, DDP, or FSDP2 with the frozen backbone sharded.
 
 FSDP2 (``fully_shard``) goes on every transformer block, on each large frozen table outside
-the blocks (token embeddings, an LM head), then on the root, so each block's and table's
-frozen weights are gathered only while it runs; the deltas inside a unit are sharded with it
+the blocks (token embeddings, a tied LM head), then on the root, so each block's and table's
+frozen weights are gathered only while it runs; an untied frozen head stays sharded by rows
+and is gathered in pieces (``sharded_head``). The deltas inside a unit are sharded with it
 and are the only tensors that get gradients and optimizer state.
 """
 
@@ -19,6 +20,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from apet_ray.delta.architectures import blocks, family_of
 from apet_ray.delta.plan import backbone_of
 from apet_ray.errors import UserError
+from apet_ray.sharded_head import shard_head
 
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 
@@ -128,20 +130,45 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, bf16: bool) -> n
     for _, path, block in stacked:
         fully_shard(block, mesh=mesh, mp_policy=policy)
         load(block, f"{prefix}{path}.")
+    own_rows = set()  # the weights of untied heads, which FSDP leaves to sharded_head
     for paths, tables in _tables_outside_blocks(backbone, [block for _, _, block in stacked]):
-        # a head runs last in forward and first in backward: kept gathered in between, not
-        # gathered twice at the moment every activation is alive
         head = any(isinstance(t, nn.Linear) for t in tables)
-        fully_shard(tables if len(tables) > 1 else tables[0], mesh=mesh, mp_policy=policy, reshard_after_forward=not head)
+        if head and len(tables) == 1 and tables[0].bias is None:  # an untied head: gathered in pieces
+            shard_head(tables[0], mesh, torch.bfloat16 if bf16 else tables[0].weight.dtype)
+            own_rows.add(tables[0].weight)
+        else:  # a tied head runs last in forward and first in backward: kept gathered in between,
+            # not gathered twice at the moment every activation is alive
+            fully_shard(tables if len(tables) > 1 else tables[0], mesh=mesh, mp_policy=policy,
+                        reshard_after_forward=not head)
         for path, table in zip(paths, tables):
             load(table, f"{prefix}{path}.")
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy, ignored_params=own_rows or None)
     load(model, "")
+    if device.type == "cpu":
+        _gather_only_what_runs(model)
     if source is not None:
         del model.apet_weights
     if hasattr(model, "generate"):  # generation must gather the root's weights like forward does
         register_fsdp_forward_method(model, "generate")
     return model
+
+
+def _gather_only_what_runs(model: nn.Module) -> None:
+    """On a CPU, hold no unit gathered beyond the one that runs.
+
+    FSDP2's defaults overlap gathers with compute on a GPU's streams: forward keeps each
+    unit's gather buffer until the next unit is gathered, and backward gathers the next unit
+    while this one runs. A CPU has no streams to overlap on, so both only hold memory (a
+    block's size each, at the moment the step peaks). An asynchronous unshard frees its
+    buffer once copied out; a unit that prefetches itself in backward (a no-op: it is
+    gathered by then) replaces the default prefetch of the next.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in model.modules():
+        if isinstance(unit, FSDPModule):
+            unit._set_unshard_async_op(True)  # public in later torch (set_unshard_async_op)
+            unit.set_modules_to_backward_prefetch([unit])
 
 
 def _tables_outside_blocks(backbone: nn.Module, in_blocks: list[nn.Module]) -> list[tuple[list[str], list[nn.Module]]]:
@@ -248,14 +275,17 @@ class _Loader:
 def return_large_frees_to_the_os() -> None:
     """glibc keeps freed heap memory for reuse; FSDP's per-block gathers of varied sizes then
     ratchet a CPU worker's resident memory up to about the full model (measured: 4.6 GB for
-    a 2.9 GB model's half-shard). Serving allocations of 1 MiB or more by mmap returns them on
-    free (rank 1's peak fell to 2.9 GB). Fixing the threshold also stops glibc raising it
+    a 2.9 GB model's half-shard). Serving allocations of 64 KiB or more by mmap returns them
+    on free. 1 MiB took rank 1's peak to 2.9 GB, but a step's mid-sized tensors (a decoder
+    token's activations, attention scores) still fragmented the heap: 150 MB of it free and
+    resident at the peak; at 64 KiB it stays under 10 MB, the peak 90 MB lower, the step no
+    slower (docs/benchmarks.md section 7). Fixing the threshold also stops glibc raising it
     (up to 32 MiB) after the first large free, which put one rank's shards in a fragmented
     heap and the other's in mmap: a run calls this before it builds the model. No-op off glibc."""
     import ctypes
 
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 

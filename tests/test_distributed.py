@@ -48,11 +48,16 @@ def _worker(rank: int, cfg: dict, out: str, port: int) -> None:
         return tensor
 
     streaming.WeightSource.read = counted
+    import apet_ray.distributed as distributed
+
+    heads = []  # heads left sharded by rows (untied, frozen), gathered in pieces
+    shard_head = distributed.shard_head
+    distributed.shard_head = lambda head, *args: heads.append(type(head).__name__) or shard_head(head, *args)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         record = train(TrainConfig.from_dict(cfg), lambda metrics, folder: None)
-        Path(out, f"reads-{rank}.json").write_text(json.dumps({"whole": reads, "sliced": sum(sliced)}))
+        Path(out, f"reads-{rank}.json").write_text(json.dumps({"whole": reads, "sliced": sum(sliced), "heads": heads}))
         if rank == 0:
             Path(out, "record.json").write_text(json.dumps(record.to_dict()))
         # leave together, with the FSDP state and its gloo work freed while the group lives:
@@ -104,6 +109,8 @@ def test_each_rank_holds_only_its_shard_and_the_run_matches_one_process(tmp_path
         assert sum(r["sliced"] for r in reads) >= stored
         assert max(r["sliced"] for r in reads) < 0.6 * stored
 
+    # Llama's untied head stays sharded by rows (sharded_head); tied heads are FSDP units
+    assert [r["heads"] for r in reads] == ([["Linear"]] * 2 if kind == "llama" else [[], []])
     assert record.strategy == "fsdp" and record.workers == 2
     assert [h["loss"] for h in record.history] == pytest.approx([h["loss"] for h in reference.history], rel=1e-5, abs=1e-6)
     assert record.frozen_unchanged is True
