@@ -14,7 +14,7 @@ it holds after load.
 
     python benchmarks/sharded_load.py [--config ../shared/configs/t5-v1_1-large] [--workers 2] [--no-recompute]
 
-Writes benchmarks/results/sharded_load.{json,md}.
+Writes benchmarks/results/sharded_load.{json,md} (a run of one precision keeps the other's saved rows).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import tempfile
@@ -154,16 +153,45 @@ def main() -> None:
                 row["load_peak_vs_one_process"] = [round(p / one, 3) for p in row["load_peak_mb_per_rank"]]
             rows += pair
     result = {"model": f"{args.config.name} (random weights)", "params": rows[0]["total_params"],
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "runs": rows}
+              "machine": _machine(), "runs": rows}
     out = HERE / "results" / "sharded_load"
+    result["runs"] = sorted(_other_precisions_kept(out.with_suffix(".json"), result) + rows,
+                            key=lambda row: ("fp32", "bf16").index(row["precision"]))  # stable: runs in order
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(render(result))
+    print(render(result))
+
+
+def _machine() -> str:
+    """The CPU, its cores and whether it computes bf16 natively (elsewhere bf16 is emulated, and slow)."""
+    from apet_ray.distributed import cpu_has_fast_bf16
+    from apet_ray.run.provenance import device_name
+
+    return f"{device_name('cpu')}, {os.cpu_count()} cores, {'native' if cpu_has_fast_bf16() else 'no native'} bf16"
+
+
+def _other_precisions_kept(path: Path, result: dict) -> list[dict]:
+    """The saved runs of the precisions not measured now (same model, same machine), so that
+    ``--precision fp32`` and ``--precision bf16`` can be run apart (bf16 takes 26 minutes
+    where the CPU emulates it) and the file still holds both."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if (saved.get("model"), saved.get("machine")) != (result["model"], result["machine"]):
+        return []
+    measured = {row["precision"] for row in result["runs"]}
+    return [row for row in saved.get("runs", []) if row.get("precision") not in measured]
+
+
+def render(result: dict) -> str:
     lines = [f"# Sharded load: {result['model']}, {result['params']:,} parameters, LoRA, batch 4, 2 steps", "",
-             "Ratios are to one process of the same precision that keeps its activations; \"alike\": to one "
-             "process that also recomputes them.", "",
+             f"Machine: {result['machine']}. Ratios are to one process of the same precision that keeps its "
+             "activations; \"alike\": to one process that also recomputes them.", "",
              "| run | rank | peak RSS once loaded (MB) | × one process's peak | peak RSS, whole run (MB) | × one process "
              "| × one process alike | frozen weights held (MB) | wall (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
+    for row in result["runs"]:
         name = ("one process" if row["workers"] == 1 else f"fsdp, {row['workers']} workers") + f", {row['precision']}"
         name += ", recomputed activations" if row["recompute"] else ""
         for rank, (load, load_ratio, peak, ratio, alike, frozen) in enumerate(zip(
@@ -171,8 +199,7 @@ def main() -> None:
                 row["peak_vs_one_process"], row["peak_vs_one_process_alike"], row["frozen_mb_per_rank"])):
             lines.append(f"| {name} | {rank} | {load:,} | {load_ratio:.2f} | {peak:,} | {ratio:.2f} | {alike:.2f} "
                          f"| {frozen:,} | {row['wall_s']} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -121,6 +121,19 @@ def test_each_rank_holds_only_its_shard_and_the_run_matches_one_process(tmp_path
     assert len(record.peak_memory_mb_per_rank) == 2 and record.peak_memory_mb == max(record.peak_memory_mb_per_rank)
 
 
+def test_an_untied_head_scattered_by_rank0_is_sharded_by_rows_too(tmp_path):
+    # a model built by name (no folder to slice): rank 0 builds and scatters, the head included
+    cfg = TrainConfig(**{**_config(Path("unused"), "lora").__dict__, "model": "tiny-llama"})
+    reference = train(TrainConfig(**{**cfg.__dict__, "strategy": "none"}), lambda metrics, folder: None)
+    mp.spawn(_worker, args=(cfg.to_dict(), str(tmp_path), _free_port()), nprocs=2, join=True)
+    record = RunRecord.from_dict(json.loads((tmp_path / "record.json").read_text()))
+    reads = [json.loads((tmp_path / f"reads-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["heads"] for r in reads] == [["Linear"]] * 2 and [r["sliced"] for r in reads] == [0, 0]
+    assert [h["loss"] for h in record.history] == pytest.approx([h["loss"] for h in reference.history], rel=1e-5, abs=1e-6)
+    assert record.frozen_unchanged is True
+    assert sum(record.frozen_mb_per_rank) == pytest.approx(reference.frozen_mb_per_rank[0], rel=1e-3)
+
+
 def test_a_bf16_fsdp_run_shards_bf16_frozen_weights(tmp_path):
     # bf16: frozen linears and embeddings stored in bf16 before sharding, so each rank holds a
     # quarter of the fp32 bytes; the deltas and their AdamW state stay fp32
