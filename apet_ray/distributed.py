@@ -167,7 +167,8 @@ def _gather_only_what_runs(model: nn.Module) -> None:
 
     for unit in model.modules():
         if isinstance(unit, FSDPModule):
-            unit._set_unshard_async_op(True)  # public in later torch (set_unshard_async_op)
+            # private in torch 2.13, public (set_unshard_async_op) in later releases
+            (getattr(unit, "set_unshard_async_op", None) or unit._set_unshard_async_op)(True)
             unit.set_modules_to_backward_prefetch([unit])
 
 
@@ -278,10 +279,11 @@ def return_large_frees_to_the_os() -> None:
     a 2.9 GB model's half-shard). Serving allocations of 64 KiB or more by mmap returns them
     on free. 1 MiB took rank 1's peak to 2.9 GB, but a step's mid-sized tensors (a decoder
     token's activations, attention scores) still fragmented the heap: 150 MB of it free and
-    resident at the peak; at 64 KiB it stays under 10 MB, the peak 90 MB lower, the step no
-    slower (docs/benchmarks.md section 7). Fixing the threshold also stops glibc raising it
-    (up to 32 MiB) after the first large free, which put one rank's shards in a fragmented
-    heap and the other's in mmap: a run calls this before it builds the model. No-op off glibc."""
+    resident at the peak; at 64 KiB it stays under 10 MB and the peak is 90 MB lower, the
+    run's time within its noise (docs/benchmarks.md section 7). Fixing the threshold also
+    stops glibc raising it (up to 32 MiB) after the first large free, which put one rank's
+    shards in a fragmented heap and the other's in mmap: a run calls this before it builds
+    the model. No-op off glibc."""
     import ctypes
 
     try:
