@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.distributed.tensor import Shard, distribute_tensor
 
 PIECE_BYTES = 16 << 20  # a gathered piece (all ranks' rows): 8 pieces for t5-v1_1-large's 131 MB head
 
@@ -64,7 +64,7 @@ class _GatheredInPieces(torch.autograd.Function):
         world = dist.get_world_size()
         per_rank = math.ceil(rows / world)
         ctx.save_for_backward(x)
-        ctx.local, ctx.rows, ctx.dtype = local, rows, dtype
+        ctx.local, ctx.rows, ctx.per_rank, ctx.dtype = local, rows, per_rank, dtype
         out = x.new_empty((*x.shape[:-1], world, per_rank), dtype=dtype)
         xc = x.to(dtype)
         for lo, hi, gathered in _pieces(local, per_rank, world, dtype):
@@ -75,8 +75,7 @@ class _GatheredInPieces(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        world = dist.get_world_size()
-        per_rank = math.ceil(ctx.rows / world)
+        world, per_rank = dist.get_world_size(), ctx.per_rank
         g = F.pad(grad.to(ctx.dtype), (0, world * per_rank - ctx.rows)).unflatten(-1, (world, per_rank))
         grad_x = torch.zeros(x.shape, dtype=ctx.dtype, device=x.device)
         for lo, hi, gathered in _pieces(ctx.local, per_rank, world, ctx.dtype):
