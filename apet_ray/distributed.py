@@ -175,6 +175,8 @@ def _gather_only_what_runs(model: nn.Module) -> None:
 def _tables_outside_blocks(backbone: nn.Module, in_blocks: list[nn.Module]) -> list[tuple[list[str], list[nn.Module]]]:
     """The frozen embeddings and linear layers outside the blocks worth a unit of their own:
     (paths, modules) per unit, the modules that share a table (a tied head) grouped in one.
+    ``wrap`` makes each a unit, except an untied frozen head, which ``sharded_head`` keeps
+    sharded by rows.
 
     Left to the root they would stay gathered from the first forward to the end of backward
     (FSDP2 keeps the root unsharded in between); as units they are gathered while they run.
